@@ -1,0 +1,191 @@
+"""The ``loupe`` command line. Entry points stay thin: parse -> build -> run -> report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loupe.pipeline.errors import LoupeError
+
+app = typer.Typer(
+    help="Loupe: build, curate and annotate multimodal training data from a YAML recipe.\n\n"
+    "Typical use:  loupe validate recipes/demo.yaml  ->  loupe run recipes/demo.yaml  ->  "
+    'loupe query runs/demo "SELECT source, count(*) FROM live GROUP BY 1"  ->  loupe report runs/demo',
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _offline_env() -> None:
+    # Nothing downloads weights at run time unless the user turns this off (ARCHITECTURE, offline policy).
+    if os.environ.get("LOUPE_ALLOW_DOWNLOADS") != "1":
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "YOLO_OFFLINE"):
+            os.environ.setdefault(k, "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+    """Check a recipe: keys, types, values and input paths. Prints one line per problem."""
+    from loupe.pipeline.recipe import lineage_hash, load_recipe
+
+    try:
+        loaded = load_recipe(recipe)
+    except LoupeError as e:
+        _fail(e)
+    r = loaded.recipe
+    out.print(
+        f"[green]ok[/green] {recipe}: {len(r.sources)} source(s), stages: "
+        f"{' -> '.join(['ingest', *[s.stage for s in r.stages]])}; lineage {lineage_hash(loaded)}"
+    )
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    executor: Optional[str] = typer.Option(None, help="local (in-process, default) or ray; overrides the recipe."),
+    address: Optional[str] = typer.Option(None, help="Ray address for --executor ray, e.g. auto."),
+    output: Optional[str] = typer.Option(None, help="Root folder for runs; overrides the recipe's `output`."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run a recipe. Re-running the same recipe resumes its run directory: finished work is skipped."""
+    _offline_env()
+    from loupe.pipeline.executors.plan import make_plan
+    from loupe.pipeline.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe)
+        plan = make_plan(loaded, output)
+        kind = executor or loaded.recipe.executor.kind
+        if kind == "local":
+            from loupe.pipeline.executors.local import run_local
+
+            metrics = run_local(plan, console=err, quiet=quiet)
+        elif kind == "ray":
+            from loupe.pipeline.executors.ray import run_ray
+
+            metrics = run_ray(plan, address=address or loaded.recipe.executor.address, console=err, quiet=quiet)
+        else:
+            raise LoupeError(f"--executor: {kind!r} is not an executor; valid: local, ray")
+    except LoupeError as e:
+        _fail(e)
+    _summary(metrics)
+    out.print(f"run dir: {plan.run.path}")
+
+
+def _summary(metrics: dict[str, dict]) -> None:
+    t = Table(title="stages", show_lines=False)
+    for c in ("stage", "in", "out rows", "drops", "skipped", "seconds", "items/s"):
+        t.add_column(c, justify="right" if c != "stage" else "left")
+    for sid, m in metrics.items():
+        t.add_row(
+            sid,
+            str(m.get("rows_in", "")),
+            str(m.get("rows_out", "")),
+            str(m.get("drops", "")),
+            str(m.get("skipped_done", "")),
+            f"{m.get('seconds', 0):.2f}",
+            str(m.get("items_per_s") or ""),
+        )
+    err.print(t)
+
+
+@app.command()
+def query(
+    run_dir: Path = typer.Argument(..., help="Run dir (runs/<recipe>/<hash>) or runs/<recipe> for the newest."),
+    sql: str = typer.Argument(..., help="SQL over the views samples, live, drops, dedup, clusters, embeddings, "
+                              "ocr, detect, tags, captions."),
+    format: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+    limit: int = typer.Option(50, help="Rows shown in table format."),
+) -> None:
+    """Query every table of a run with duckdb (binary columns are shown as their size)."""
+    from loupe.pipeline.query import query as run_query
+    from loupe.pipeline.query import resolve_run
+
+    try:
+        result = run_query(resolve_run(run_dir), sql)
+    except LoupeError as e:
+        _fail(e)
+    rows = result.to_pylist()
+    show = lambda v: f"<{len(v)} bytes>" if isinstance(v, (bytes, bytearray)) else v  # noqa: E731
+    if format == "json":
+        for r in rows:
+            print(json.dumps({k: show(v) for k, v in r.items()}, default=str))
+    elif format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(result.column_names)
+        for r in rows:
+            w.writerow([show(v) for v in r.values()])
+    else:
+        t = Table()
+        for c in result.column_names:
+            t.add_column(c)
+        for r in rows[:limit]:
+            t.add_row(*[str(show(v)) for v in r.values()])
+        out.print(t)
+        if len(rows) > limit:
+            out.print(f"... {len(rows) - limit} more rows (use --limit or --format csv)")
+
+
+@app.command()
+def schema(
+    what: str = typer.Argument("recipe", help="recipe (JSON Schema of a recipe) or tables (Arrow schemas)."),
+) -> None:
+    """Print the JSON Schema of the recipe, or the Arrow schema of every table."""
+    if what == "recipe":
+        from loupe.pipeline.recipe import recipe_json_schema
+
+        print(json.dumps(recipe_json_schema(), indent=2))
+    elif what == "tables":
+        from loupe.schemas.tables import TABLES
+
+        for name, (d, s) in TABLES.items():
+            print(f"{name}  ({d}/)")
+            for f in s:
+                print(f"  {f.name}: {f.type}")
+    else:
+        _fail(LoupeError(f"schema: {what!r} is not known; valid: recipe, tables"))
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="Run dir or runs/<recipe> for the newest."),
+    output: Optional[Path] = typer.Option(None, help="Folder for index.html (default <run>/report)."),
+) -> None:
+    """Write a self-contained HTML report of a run (report/index.html)."""
+    from loupe.pipeline.query import resolve_run
+
+    try:
+        from loupe.pipeline.report import build_report
+
+        path = build_report(resolve_run(run_dir), output)
+    except LoupeError as e:
+        _fail(e)
+    out.print(f"report: {path}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

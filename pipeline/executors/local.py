@@ -1,0 +1,131 @@
+"""The embedded default: every stage in-process, batch by batch, with a live progress view.
+
+Stages run one after another over the whole dataset (a stage's input is every sample still
+live when it starts). Each batch is committed exactly once (``RunDir.commit``), so a killed run
+resumes where it stopped: done uids are skipped, nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from loupe.pipeline.evidence import attach_evidence
+from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
+from loupe.pipeline.stage import StageOutput
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9}"),
+        TextColumn("drops {task.fields[drops]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def iter_sample_batches(plan: Plan, sp: StagePlan, todo: set[str], batch_size: int) -> Iterator[pa.Table]:
+    ds = plan.run.dataset("samples")
+    if ds is None or not todo:
+        return
+    flt = pads.field("uid").isin(pa.array(sorted(todo), pa.string()))
+    buf: list[pa.RecordBatch] = []
+    n = 0
+    for rb in ds.to_batches(columns=list(sp.reads), filter=flt, batch_size=batch_size):
+        if rb.num_rows == 0:
+            continue
+        buf.append(rb)
+        n += rb.num_rows
+        while n >= batch_size:
+            t = pa.Table.from_batches(buf).combine_chunks()
+            yield t.slice(0, batch_size)
+            rest = t.slice(batch_size)
+            buf, n = (rest.to_batches(), rest.num_rows)
+    if n:
+        yield pa.Table.from_batches(buf).combine_chunks()
+
+
+def _commit(plan: Plan, sp_id: str, table: str | None, out: StageOutput, batch_uids: list[str]) -> tuple[int, int]:
+    covered = out.covered if out.covered is not None else batch_uids
+    plan.run.commit(sp_id, table, out.rows, out.drops, covered)
+    return (out.rows.num_rows if out.rows is not None else 0, out.drops.num_rows if out.drops is not None else 0)
+
+
+def run_ingest(plan: Plan, progress: Progress) -> dict:
+    run = plan.run
+    t0 = time.time()
+    done = run.done_uids("ingest", "samples")
+    skipped = len(done)
+    task = progress.add_task("ingest", total=None, rate="", drops=0)
+    rows = drops = 0
+    for _, source in plan.sources():
+        for out in source.read(done):
+            covered = out.covered
+            if covered is None:
+                covered = (out.rows["uid"].to_pylist() if out.rows is not None else []) + (
+                    out.drops["uid"].to_pylist() if out.drops is not None else []
+                )
+            r, d = _commit(plan, "ingest", "samples", out, covered)
+            rows, drops = rows + r, drops + d
+            done.update(covered)
+            el = time.time() - t0
+            progress.update(task, advance=r + d, drops=drops, rate=f"{(rows + drops) / el:.1f}/s" if el else "")
+    progress.update(task, total=rows + drops, completed=rows + drops)
+    m = stage_metrics(rows + drops, rows, drops, time.time() - t0, skipped, table="samples")
+    run.update_stage("ingest", status="complete", **m)
+    return m
+
+
+def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
+    run = plan.run
+    t0 = time.time()
+    live = run.live_uids()
+    done = run.done_uids(sp.id, sp.table)
+    todo = live - done
+    task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
+    run.update_stage(sp.id, status="running", table=sp.table)
+    rows = drops = 0
+    extra: dict = {}
+    if todo:
+        stage = sp.cls(sp.config, plan.context(sp.id))
+        if sp.is_global:
+            batches = [pa.concat_tables(list(iter_sample_batches(plan, sp, todo, max(len(todo), 1))))]
+        else:
+            batches = iter_sample_batches(plan, sp, todo, sp.config.batch_size)
+        for batch in batches:
+            batch = attach_evidence(run, batch, sp.evidence)
+            uids = batch["uid"].to_pylist()
+            out = stage(batch)
+            r, d = _commit(plan, sp.id, sp.table, out, uids)
+            rows, drops = rows + r, drops + d
+            extra.update(out.metrics)
+            el = time.time() - t0
+            progress.update(task, advance=len(uids), drops=drops, rate=f"{len(uids) and progress.tasks[task].completed / el:.1f}/s" if el else "")
+        close = getattr(stage, "close", None)
+        if close:
+            close()
+    m = stage_metrics(len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, **extra)
+    run.update_stage(sp.id, status="complete", **m)
+    return m
+
+
+def run_local(plan: Plan, console: Console | None = None, quiet: bool = False) -> dict[str, dict]:
+    console = console or Console(stderr=True)
+    open_run(plan, "local")
+    metrics: dict[str, dict] = {}
+    with _progress(console, quiet) as progress:
+        metrics["ingest"] = run_ingest(plan, progress)
+        for sp in plan.stages:
+            metrics[sp.id] = run_stage(plan, sp, progress)
+    plan.run.update_manifest(status="complete")
+    return metrics

@@ -1,0 +1,173 @@
+"""Load and validate recipes; compute the lineage hash that names the run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from loupe.pipeline.errors import RecipeError
+from loupe.schemas import recipe as R
+
+# The lineage hash includes the code version's major.minor: outputs of an incompatible Loupe are
+# never mixed into one run directory, while patch releases keep resuming the same run.
+LINEAGE_VERSION = "0.1"
+
+_SOURCE_MODELS = {"local_folder": R.LocalFolderSource, "url_list": R.UrlListSource, "smr": R.SmrSource}
+_STAGE_MODELS = {
+    m.model_fields["stage"].annotation.__args__[0]: m  # type: ignore[union-attr]
+    for m in R.StageEntry.__origin__.__args__  # type: ignore[attr-defined]
+}
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: R.Recipe
+    path: Path
+    raw: dict[str, Any]
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.dir / q
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _clean_loc(loc: tuple, raw: dict) -> tuple[tuple, type[BaseModel] | None]:
+    """Drop pydantic's union-tag segments (``stages[1].ocr.x`` -> ``stages[1].x``) and find the model."""
+    out: list = []
+    model: type[BaseModel] | None = R.Recipe
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        out.append(part)
+        if part in ("stages", "sources") and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            out.append(loc[i + 1])
+            table = _STAGE_MODELS if part == "stages" else _SOURCE_MODELS
+            tag = loc[i + 2] if i + 2 < len(loc) else None
+            if tag in table:
+                model = table[tag]
+                i += 3
+                continue
+            entry = (raw.get(part) or [None] * (loc[i + 1] + 1))[loc[i + 1]] if isinstance(raw, dict) else None
+            key = "stage" if part == "stages" else "type"
+            model = table.get(entry.get(key)) if isinstance(entry, dict) else None
+            i += 2
+            continue
+        i += 1
+    return tuple(out), model
+
+
+def format_validation_error(err: ValidationError, raw: dict, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc, model = _clean_loc(tuple(e["loc"]), raw)
+        field = _loc_str(loc) or "recipe"
+        kind = e["type"]
+        value = e.get("input")
+        if kind == "extra_forbidden":
+            valid = ", ".join(sorted(model.model_fields)) if model else "see `loupe schema`"
+            lines.append(f"{where}: {field}: unknown key {loc[-1]!r}; valid keys: {valid}")
+        elif kind == "missing":
+            lines.append(f"{where}: {field}: required field is missing")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            key = "stage" if "stages" in loc else "type"
+            names = R.STAGE_NAMES if key == "stage" else tuple(_SOURCE_MODELS)
+            got = e.get("ctx", {}).get("tag", value if not isinstance(value, dict) else value.get(key))
+            what = "stage" if key == "stage" else "source type"
+            lines.append(f"{where}: {field}.{key}: unknown {what} {got!r}; valid: {', '.join(names)}")
+        else:
+            shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            lines.append(f"{where}: {field}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_recipe(raw: Any, where: str = "recipe") -> R.Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: the recipe must be a YAML mapping with name, sources, stages")
+    try:
+        return R.Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, raw, where)) from None
+
+
+def load_recipe(path: str | Path, check_paths: bool = True) -> LoadedRecipe:
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{p.name}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    recipe = parse_recipe(raw, p.name)
+    loaded = LoadedRecipe(recipe=recipe, path=p.resolve(), raw=raw)
+    if check_paths:
+        for i, src in enumerate(recipe.sources):
+            target = loaded.resolve(src.path)
+            if not target.exists():
+                raise RecipeError(
+                    f"{p.name}: sources[{i}].path: {src.path!r} does not exist (resolved to {target})"
+                )
+    return loaded
+
+
+def stage_ids(recipe: R.Recipe) -> list[str]:
+    """Unique id per stage entry: its name, or name_2, name_3 ... for repeats."""
+    seen: dict[str, int] = {}
+    ids = []
+    for s in recipe.stages:
+        seen[s.stage] = seen.get(s.stage, 0) + 1
+        ids.append(s.stage if seen[s.stage] == 1 else f"{s.stage}_{seen[s.stage]}")
+    return ids
+
+
+def _template_fingerprints(recipe: R.Recipe) -> dict[str, str]:
+    out = {}
+    for s in recipe.stages:
+        if s.stage == "caption":
+            try:
+                from loupe.pipeline.fuse.prompt import template_fingerprint
+
+                out[s.prompt_template] = template_fingerprint(s.prompt_template)
+            except (ImportError, FileNotFoundError, KeyError):
+                out[s.prompt_template] = "unknown"
+    return out
+
+
+def lineage_hash(loaded: LoadedRecipe) -> str:
+    """Hash of what determines the outputs: recipe content (not the executor), code version, prompt
+    templates, and the sources' resolved paths (model ids are recipe fields, so they are included)."""
+    r = loaded.recipe
+    payload = {
+        "recipe": r.model_dump(mode="json", exclude={"executor", "description", "output"}),
+        "sources": [str(loaded.resolve(s.path)) for s in r.sources],
+        "version": LINEAGE_VERSION,
+        "templates": _template_fingerprints(r),
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def recipe_json_schema() -> dict:
+    return R.Recipe.model_json_schema()

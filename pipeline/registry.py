@@ -1,0 +1,46 @@
+"""Stage and source registry: recipe names -> implementation classes, imported lazily.
+
+Lazy import keeps ``loupe validate`` and ``loupe query`` fast and free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+STAGES: dict[str, str] = {
+    "exact_dedup": "loupe.pipeline.dedup.exact:ExactDedup",
+    "phash_dedup": "loupe.pipeline.dedup.phash:PhashDedup",
+    "resolution_filter": "loupe.pipeline.filters:ResolutionFilter",
+    "embed": "loupe.pipeline.embed:Embed",
+    "semdedup": "loupe.pipeline.dedup.semdedup_stage:SemDedupStage",
+    "select": "loupe.pipeline.select:Select",
+    "clip_score_filter": "loupe.pipeline.filters:ClipScoreFilter",
+    "ocr": "loupe.pipeline.experts_stage:OcrStage",
+    "detect": "loupe.pipeline.experts_stage:DetectStage",
+    "tag": "loupe.pipeline.experts_stage:TagStage",
+    "caption": "loupe.pipeline.fuse.stage:Caption",
+    "export": "loupe.pipeline.export.stage:Export",
+}
+
+SOURCES: dict[str, str] = {
+    "local_folder": "loupe.pipeline.ingest.local_folder:LocalFolder",
+    "url_list": "loupe.pipeline.ingest.url_list:UrlList",
+    "smr": "loupe.pipeline.ingest.smr:Smr",
+}
+
+
+def _load(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def stage_class(name: str):
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; valid: {', '.join(sorted(STAGES))}")
+    return _load(STAGES[name])
+
+
+def source_class(kind: str):
+    if kind not in SOURCES:
+        raise KeyError(f"unknown source type {kind!r}; valid: {', '.join(sorted(SOURCES))}")
+    return _load(SOURCES[kind])

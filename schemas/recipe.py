@@ -1,0 +1,307 @@
+"""The recipe: a YAML file validated by these pydantic models.
+
+Every field is documented here (``Field(description=...)``); ``loupe schema`` exports the
+JSON Schema and ``recipes/README.md`` documents the same fields for people.
+Paths in a recipe are relative to the recipe file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(Strict):
+    """What one worker of a stage needs. The local executor runs one worker in-process;
+    the Ray executor starts ``concurrency`` actors with these resources."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per worker.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker; fractions (0.25) share a GPU.")
+    concurrency: int = Field(1, ge=1, description="Workers (Ray actors) for this stage.")
+
+
+# ----------------------------------------------------------------------------------- sources
+class LocalFolderSource(Strict):
+    """Images in a folder (recursive). ``photo.jpg`` may have a sidecar ``photo.txt`` alt-text."""
+
+    type: Literal["local_folder"]
+    name: str = Field("local", description="Source name written to samples.source.")
+    path: str = Field(description="Folder with images, relative to the recipe file.")
+    extensions: list[str] = Field(
+        [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"],
+        description="File extensions read as images (case-insensitive).",
+    )
+    alt_text_ext: str = Field(".txt", description="Sidecar extension read as alt-text.")
+
+
+class UrlListSource(Strict):
+    """LAION-style URL + caption table (parquet/csv/tsv/jsonl) downloaded with img2dataset."""
+
+    type: Literal["url_list"]
+    name: str = Field("urls", description="Source name written to samples.source.")
+    path: str = Field(description="URL table file or folder, relative to the recipe file.")
+    input_format: Literal["parquet", "csv", "tsv", "json", "txt"] = Field(
+        "parquet", description="Format of the URL table (img2dataset input_format)."
+    )
+    url_col: str = Field("url", description="Column holding the image URL.")
+    caption_col: str | None = Field("caption", description="Column holding alt-text; null for none.")
+    save_additional_columns: list[str] = Field([], description="Extra columns kept in samples.meta.")
+    image_size: int = Field(512, ge=8, description="img2dataset image_size (target edge in pixels).")
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
+        "keep_ratio", description="img2dataset resize_mode."
+    )
+    resize_only_if_bigger: bool = Field(True, description="Never upscale small images.")
+    min_image_size: int = Field(0, ge=0, description="img2dataset min_image_size: smaller images fail.")
+    processes_count: int = Field(2, ge=1, description="img2dataset download processes.")
+    thread_count: int = Field(16, ge=1, description="img2dataset threads per process.")
+    timeout: int = Field(10, ge=1, description="Seconds per download.")
+    retries: int = Field(0, ge=0, description="img2dataset retries per URL within one run.")
+    allow_private_urls: bool = Field(
+        False,
+        description="Allow URLs resolving to loopback/private/link-local/metadata addresses "
+        "(refused by default to prevent SSRF). Tests against 127.0.0.1 set this.",
+    )
+    retry_failed: bool = Field(
+        True, description="On rerun, download again only the URLs that failed before."
+    )
+
+
+SmrDataset = Literal[
+    "arxivqa",
+    "dvqa",
+    "chartqa",
+    "geometry3k",
+    "geoqa3",
+    "mathvision",
+    "scienceqa",
+    "tabmwp",
+    "textbookqa",
+    "ai2d",
+    "geoqa_plus",
+]
+
+
+class SmrSource(Strict):
+    """One dataset of the SMR (SliME) mixture, read from its native release files."""
+
+    type: Literal["smr"]
+    dataset: SmrDataset = Field(description="Which SMR dataset this folder holds.")
+    name: str | None = Field(None, description="Source name; defaults to the dataset name.")
+    path: str = Field(description="Local copy of the dataset's release, relative to the recipe file.")
+    split: str = Field("train", description="Split to read where the release has several.")
+    limit: int | None = Field(None, ge=1, description="Read at most this many records.")
+
+
+SourceConfig = Annotated[Union[LocalFolderSource, UrlListSource, SmrSource], Field(discriminator="type")]
+
+
+# ------------------------------------------------------------------------------------ stages
+class StageConfig(Strict):
+    batch_size: int = Field(32, ge=1, description="Rows per batch handed to the stage.")
+    resources: Resources = Field(default_factory=Resources, description="Per-worker resources.")
+
+
+class ExactDedupConfig(StageConfig):
+    """Drop samples whose image bytes (sha256) equal an earlier sample's; keeps the first by uid order."""
+
+    stage: Literal["exact_dedup"]
+
+
+class PhashDedupConfig(StageConfig):
+    """Perceptual-hash dedup: drop images within ``max_distance`` Hamming bits of a kept one."""
+
+    stage: Literal["phash_dedup"]
+    hash_size: int = Field(8, ge=4, le=32, description="pHash side; the hash has hash_size² bits.")
+    max_distance: int = Field(6, ge=0, description="Hamming distance at or below which images are duplicates.")
+
+
+class ResolutionFilterConfig(StageConfig):
+    """Keep images whose short edge is at least ``min_short_edge`` (DenseFusion uses 448)."""
+
+    stage: Literal["resolution_filter"]
+    min_short_edge: int = Field(448, ge=1, description="Minimum of width and height, pixels.")
+    max_aspect_ratio: float | None = Field(None, gt=1, description="Drop images longer/shorter than this.")
+
+
+class EmbedConfig(StageConfig):
+    """Image (and optional caption text) embeddings, L2-normalised."""
+
+    stage: Literal["embed"]
+    backend: Literal["efficientnet_lite0", "open_clip"] = Field(
+        "efficientnet_lite0", description="Offline default, or open_clip with model/pretrained."
+    )
+    model: str | None = Field(None, description="open_clip architecture, e.g. ViT-B-32.")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag, hub id or checkpoint path.")
+    text: bool = Field(False, description="Also embed alt-text (needs a text tower: open_clip).")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class SemDedupConfig(StageConfig):
+    """SemDeDup (Abbas et al. 2023) on the image embeddings with faiss spherical k-means."""
+
+    stage: Literal["semdedup"]
+    n_clusters: int = Field(100, ge=1, description="k-means clusters (capped at the sample count).")
+    epsilon: float = Field(0.05, gt=0, lt=1, description="Duplicate when cosine similarity > 1 - epsilon.")
+    epsilons: list[float] = Field([], description="Extra epsilons whose kept counts are reported.")
+    target_size: int | None = Field(None, ge=1, description="Pick the epsilon whose kept count is nearest.")
+    keep: Literal["hard", "easy", "random"] = Field(
+        "hard", description="hard: keep farthest from centroid (paper default); easy: nearest; random."
+    )
+    variant: Literal["paper", "greedy"] = Field(
+        "paper", description="paper: compare with all earlier members; greedy: only earlier kept ones."
+    )
+    kmeans_iters: int = Field(20, ge=1, description="k-means iterations.")
+    block_size: int = Field(4096, ge=2, description="Cluster members compared per block (memory bound).")
+    seed: int = Field(0, description="k-means and random-policy seed.")
+    use_gpu: Literal["auto", "yes", "no"] = Field("auto", description="faiss GPU index when present.")
+
+
+class SelectConfig(StageConfig):
+    """DenseFusion selection: k-means into ``n_clusters`` and keep the top ``per_cluster`` by score."""
+
+    stage: Literal["select"]
+    n_clusters: int = Field(100, ge=1, description="k-means clusters.")
+    per_cluster: int = Field(10, ge=1, description="Samples kept per cluster.")
+    score: Literal["centroid_distance", "centroid_similarity", "clip_score"] = Field(
+        "centroid_similarity", description="Ranking inside a cluster (higher is kept first)."
+    )
+    seed: int = Field(0, description="k-means seed.")
+
+
+class ClipScoreFilterConfig(StageConfig):
+    """Drop samples whose image-text cosine similarity is below ``min_score`` (needs text embeddings)."""
+
+    stage: Literal["clip_score_filter"]
+    min_score: float = Field(0.2, description="Minimum image-text cosine similarity.")
+
+
+class OcrConfig(StageConfig):
+    """OCR lines in reading order."""
+
+    stage: Literal["ocr"]
+    backend: Literal["rapidocr", "paddleocr"] = Field("rapidocr", description="rapidocr ships PP-OCR offline.")
+    min_score: float = Field(0.5, ge=0, le=1, description="Drop lines recognised below this confidence.")
+    max_side: int = Field(1600, ge=32, description="Resize so the long side is at most this before OCR.")
+
+
+class DetectConfig(StageConfig):
+    """Object detection: closed-set YOLO or open-vocabulary OWL-ViT queried with the image's tags."""
+
+    stage: Literal["detect"]
+    backend: Literal["yolo", "owlvit"] = Field("yolo", description="Detector family.")
+    model: str = Field("yolov8n.pt", description="Weights path or hub id (e.g. google/owlv2-base-patch16).")
+    min_score: float = Field(0.25, ge=0, le=1, description="Score threshold.")
+    iou: float = Field(0.5, ge=0, le=1, description="NMS IoU threshold.")
+    max_boxes: int = Field(50, ge=1, description="Boxes kept per image, best first.")
+    queries: list[str] = Field([], description="OWL-ViT text queries; empty = use the image's tags.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class TagConfig(StageConfig):
+    """Image tags: EfficientNet-Lite0 ImageNet classes offline, or open_clip zero-shot on a vocabulary."""
+
+    stage: Literal["tag"]
+    backend: Literal["efficientnet_lite0", "open_clip"] = Field("efficientnet_lite0", description="Tagger.")
+    model: str | None = Field(None, description="open_clip architecture.")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag, hub id or path.")
+    vocabulary: str | list[str] | None = Field(None, description="Tag list or file; default ships with Loupe.")
+    top_k: int = Field(5, ge=1, description="Tags kept per image.")
+    min_score: float = Field(0.05, ge=0, le=1, description="Score threshold.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class CaptionConfig(StageConfig):
+    """Perceptual-fusion captions from alt-text + expert evidence (DenseFusion)."""
+
+    stage: Literal["caption"]
+    backend: Literal["composer", "transformers", "openai"] = Field(
+        "composer", description="composer: deterministic, no LLM; transformers: local LLM; openai: HTTP."
+    )
+    model: str | None = Field(None, description="Hub id / local path / served model name.")
+    endpoint: str | None = Field(None, description="OpenAI-compatible base URL for backend=openai.")
+    prompt_template: str = Field("densefusion_v1", description="Prompt template name (data file).")
+    max_new_tokens: int = Field(320, ge=1, description="Generation budget.")
+    concurrency: int = Field(4, ge=1, description="Parallel HTTP requests for backend=openai.")
+    min_words: int = Field(0, ge=0, description="Drop captions shorter than this.")
+    min_ocr_coverage: float = Field(0.0, ge=0, le=1, description="Drop captions covering fewer OCR words.")
+    drop_hallucinations: bool = Field(False, description="Drop captions naming objects no expert saw.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+
+
+class ExportConfig(StageConfig):
+    """Write training files under export/."""
+
+    stage: Literal["export"]
+    formats: list[Literal["llama3_jsonl", "llava_json"]] = Field(
+        ["llama3_jsonl", "llava_json"], description="Files to write."
+    )
+    image_dir: str = Field("images", description="Folder (under export/) the images are written to.")
+    tasks: list[Literal["caption", "ocr", "grounding", "source_qa"]] = Field(
+        ["caption", "ocr", "grounding", "source_qa"], description="Conversation turns to build."
+    )
+    seed: int = Field(0, description="Seed for sampling instruction phrasings.")
+
+
+StageEntry = Annotated[
+    Union[
+        ExactDedupConfig,
+        PhashDedupConfig,
+        ResolutionFilterConfig,
+        EmbedConfig,
+        SemDedupConfig,
+        SelectConfig,
+        ClipScoreFilterConfig,
+        OcrConfig,
+        DetectConfig,
+        TagConfig,
+        CaptionConfig,
+        ExportConfig,
+    ],
+    Field(discriminator="stage"),
+]
+
+STAGE_NAMES = (
+    "exact_dedup",
+    "phash_dedup",
+    "resolution_filter",
+    "embed",
+    "semdedup",
+    "select",
+    "clip_score_filter",
+    "ocr",
+    "detect",
+    "tag",
+    "caption",
+    "export",
+)
+
+
+class ExecutorConfig(Strict):
+    kind: Literal["local", "ray"] = Field("local", description="local: in-process; ray: Ray Data.")
+    address: str | None = Field(None, description="Ray address (auto, ray://host:10001); null starts one.")
+
+
+class Recipe(Strict):
+    """A Loupe recipe."""
+
+    name: str = Field(description="Recipe name; runs go to <output>/<name>/<lineage-hash>/.")
+    description: str = Field("", description="Free text.")
+    output: str = Field("runs", description="Root folder (or fsspec URI) for runs, relative to the recipe.")
+    sources: list[SourceConfig] = Field(min_length=1, description="Where samples come from.")
+    stages: list[StageEntry] = Field([], description="Stages run in order after ingest.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Default executor.")
+    seed: int = Field(0, description="Global seed.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '-', '.' (it names a folder)")
+        return v

@@ -60,7 +60,9 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> No
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    executor: Optional[str] = typer.Option(None, help="local (in-process, default) or ray; overrides the recipe."),
+    executor: Optional[str] = typer.Option(
+        None, help="local (in-process, default) or ray; overrides the recipe."
+    ),
     address: Optional[str] = typer.Option(None, help="Ray address for --executor ray, e.g. auto."),
     output: Optional[str] = typer.Option(None, help="Root folder for runs; overrides the recipe's `output`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -81,7 +83,9 @@ def run(
         elif kind == "ray":
             from loupe.pipeline.executors.ray import run_ray
 
-            metrics = run_ray(plan, address=address or loaded.recipe.executor.address, console=err, quiet=quiet)
+            metrics = run_ray(
+                plan, address=address or loaded.recipe.executor.address, console=err, quiet=quiet
+            )
         else:
             raise LoupeError(f"--executor: {kind!r} is not an executor; valid: local, ray")
     except LoupeError as e:
@@ -109,9 +113,14 @@ def _summary(metrics: dict[str, dict]) -> None:
 
 @app.command()
 def query(
-    run_dir: Path = typer.Argument(..., help="Run dir (runs/<recipe>/<hash>) or runs/<recipe> for the newest."),
-    sql: str = typer.Argument(..., help="SQL over the views samples, live, drops, dedup, clusters, embeddings, "
-                              "ocr, detect, tags, captions."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run dir (runs/<recipe>/<hash>) or runs/<recipe> for the newest."
+    ),
+    sql: str = typer.Argument(
+        ...,
+        help="SQL over the views samples, live, drops, dedup, clusters, embeddings, "
+        "ocr, detect, tags, captions.",
+    ),
     format: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     limit: int = typer.Option(50, help="Rows shown in table format."),
 ) -> None:

@@ -22,9 +22,11 @@ def decode(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+        fmt = img.format
         img = ImageOps.exif_transpose(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
+        img.format = fmt  # keep the container format (JPEG, PNG...) through the conversions
         return img
     except Exception as e:  # PIL raises many types: OSError, SyntaxError, ValueError, DecompressionBomb...
         raise DecodeError(f"{type(e).__name__}: {e}") from e

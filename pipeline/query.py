@@ -19,7 +19,9 @@ def resolve_run(path: str | Path) -> RunDir:
     if (p / "manifest.json").exists():
         return RunDir(p)
     if p.is_dir():
-        runs = sorted((d for d in p.iterdir() if (d / "manifest.json").exists()), key=lambda d: d.stat().st_mtime)
+        runs = sorted(
+            (d for d in p.iterdir() if (d / "manifest.json").exists()), key=lambda d: d.stat().st_mtime
+        )
         if runs:
             return RunDir(runs[-1])
     raise LoupeError(f"{str(path)!r} is not a run directory (no manifest.json); pass runs/<recipe>/<hash>")
@@ -55,7 +57,7 @@ def query(run: RunDir, sql: str):
 
 def fetch_arrow(result) -> pa.Table:
     """duckdb renamed ``fetch_arrow_table`` to ``to_arrow_table`` in 2.0; accept both."""
-    fn = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table")
+    fn = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "extra copy" notice for parameterised queries: batches are small
         return fn()

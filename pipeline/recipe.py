@@ -66,7 +66,9 @@ def _clean_loc(loc: tuple, raw: dict) -> tuple[tuple, type[BaseModel] | None]:
                 model = table[tag]
                 i += 3
                 continue
-            entry = (raw.get(part) or [None] * (loc[i + 1] + 1))[loc[i + 1]] if isinstance(raw, dict) else None
+            entry = (
+                (raw.get(part) or [None] * (loc[i + 1] + 1))[loc[i + 1]] if isinstance(raw, dict) else None
+            )
             key = "stage" if part == "stages" else "type"
             model = table.get(entry.get(key)) if isinstance(entry, dict) else None
             i += 2

@@ -148,7 +148,9 @@ class RunDir:
     def dropped_uids(self) -> set[str]:
         """uids removed by any stage. An ingest failure that a later retry fixed no longer counts."""
         drops = self.read_table("drops", ["uid", "stage"])
-        ingest_failed = {u for u, s in zip(drops["uid"].to_pylist(), drops["stage"].to_pylist()) if s == "ingest"}
+        ingest_failed = {
+            u for u, s in zip(drops["uid"].to_pylist(), drops["stage"].to_pylist()) if s == "ingest"
+        }
         others = {u for u, s in zip(drops["uid"].to_pylist(), drops["stage"].to_pylist()) if s != "ingest"}
         return others | (ingest_failed - self.sample_uids())
 

@@ -70,7 +70,13 @@ class Stage:
         raise NotImplementedError
 
     def drop(self, uid: str, reason: str, detail: str | None = None, duplicate_of: str | None = None) -> dict:
-        return {"uid": uid, "stage": self.name, "reason": reason, "detail": detail, "duplicate_of": duplicate_of}
+        return {
+            "uid": uid,
+            "stage": self.name,
+            "reason": reason,
+            "detail": detail,
+            "duplicate_of": duplicate_of,
+        }
 
 
 class FilterStage(Stage):

@@ -66,9 +66,7 @@ class UrlListSource(Strict):
         description="Allow URLs resolving to loopback/private/link-local/metadata addresses "
         "(refused by default to prevent SSRF). Tests against 127.0.0.1 set this.",
     )
-    retry_failed: bool = Field(
-        True, description="On rerun, download again only the URLs that failed before."
-    )
+    retry_failed: bool = Field(True, description="On rerun, download again only the URLs that failed before.")
 
 
 SmrDataset = Literal[
@@ -117,7 +115,9 @@ class PhashDedupConfig(StageConfig):
 
     stage: Literal["phash_dedup"]
     hash_size: int = Field(8, ge=4, le=32, description="pHash side; the hash has hash_size² bits.")
-    max_distance: int = Field(6, ge=0, description="Hamming distance at or below which images are duplicates.")
+    max_distance: int = Field(
+        6, ge=0, description="Hamming distance at or below which images are duplicates."
+    )
 
 
 class ResolutionFilterConfig(StageConfig):
@@ -184,7 +184,9 @@ class OcrConfig(StageConfig):
     """OCR lines in reading order."""
 
     stage: Literal["ocr"]
-    backend: Literal["rapidocr", "paddleocr"] = Field("rapidocr", description="rapidocr ships PP-OCR offline.")
+    backend: Literal["rapidocr", "paddleocr"] = Field(
+        "rapidocr", description="rapidocr ships PP-OCR offline."
+    )
     min_score: float = Field(0.5, ge=0, le=1, description="Drop lines recognised below this confidence.")
     max_side: int = Field(1600, ge=32, description="Resize so the long side is at most this before OCR.")
 
@@ -209,7 +211,9 @@ class TagConfig(StageConfig):
     backend: Literal["efficientnet_lite0", "open_clip"] = Field("efficientnet_lite0", description="Tagger.")
     model: str | None = Field(None, description="open_clip architecture.")
     pretrained: str | None = Field(None, description="open_clip pretrained tag, hub id or path.")
-    vocabulary: str | list[str] | None = Field(None, description="Tag list or file; default ships with Loupe.")
+    vocabulary: str | list[str] | None = Field(
+        None, description="Tag list or file; default ships with Loupe."
+    )
     top_k: int = Field(5, ge=1, description="Tags kept per image.")
     min_score: float = Field(0.05, ge=0, le=1, description="Score threshold.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
@@ -282,6 +286,8 @@ STAGE_NAMES = (
 
 
 class ExecutorConfig(Strict):
+    """Which executor `loupe run` uses when `--executor` is not given."""
+
     kind: Literal["local", "ray"] = Field("local", description="local: in-process; ray: Ray Data.")
     address: str | None = Field(None, description="Ray address (auto, ray://host:10001); null starts one.")
 
@@ -291,7 +297,7 @@ class Recipe(Strict):
 
     name: str = Field(description="Recipe name; runs go to <output>/<name>/<lineage-hash>/.")
     description: str = Field("", description="Free text.")
-    output: str = Field("runs", description="Root folder (or fsspec URI) for runs, relative to the recipe.")
+    output: str = Field("runs", description="Root folder for runs, relative to the recipe file.")
     sources: list[SourceConfig] = Field(min_length=1, description="Where samples come from.")
     stages: list[StageEntry] = Field([], description="Stages run in order after ingest.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Default executor.")

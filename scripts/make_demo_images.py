@@ -58,7 +58,11 @@ TEXTS = [
     ("label_fragile.png", "FRAGILE\nHANDLE WITH CARE", "DejaVuSans-Bold.ttf", 46, "red", "white"),
 ]
 
-DUPLICATES = {"chelsea_copy.jpg": "chelsea.jpg", "coffee_again.jpg": "coffee.jpg", "exit_sign_dup.png": "exit_sign.png"}
+DUPLICATES = {
+    "chelsea_copy.jpg": "chelsea.jpg",
+    "coffee_again.jpg": "coffee.jpg",
+    "exit_sign_dup.png": "exit_sign.png",
+}
 
 
 def main() -> None:

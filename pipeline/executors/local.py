@@ -55,10 +55,15 @@ def iter_sample_batches(plan: Plan, sp: StagePlan, todo: set[str], batch_size: i
         yield pa.Table.from_batches(buf).combine_chunks()
 
 
-def _commit(plan: Plan, sp_id: str, table: str | None, out: StageOutput, batch_uids: list[str]) -> tuple[int, int]:
+def _commit(
+    plan: Plan, sp_id: str, table: str | None, out: StageOutput, batch_uids: list[str]
+) -> tuple[int, int]:
     covered = out.covered if out.covered is not None else batch_uids
     plan.run.commit(sp_id, table, out.rows, out.drops, covered)
-    return (out.rows.num_rows if out.rows is not None else 0, out.drops.num_rows if out.drops is not None else 0)
+    return (
+        out.rows.num_rows if out.rows is not None else 0,
+        out.drops.num_rows if out.drops is not None else 0,
+    )
 
 
 def run_ingest(plan: Plan, progress: Progress) -> dict:
@@ -79,7 +84,9 @@ def run_ingest(plan: Plan, progress: Progress) -> dict:
             rows, drops = rows + r, drops + d
             done.update(covered)
             el = time.time() - t0
-            progress.update(task, advance=r + d, drops=drops, rate=f"{(rows + drops) / el:.1f}/s" if el else "")
+            progress.update(
+                task, advance=r + d, drops=drops, rate=f"{(rows + drops) / el:.1f}/s" if el else ""
+            )
     progress.update(task, total=rows + drops, completed=rows + drops)
     m = stage_metrics(rows + drops, rows, drops, time.time() - t0, skipped, table="samples")
     run.update_stage("ingest", status="complete", **m)
@@ -110,7 +117,12 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
             rows, drops = rows + r, drops + d
             extra.update(out.metrics)
             el = time.time() - t0
-            progress.update(task, advance=len(uids), drops=drops, rate=f"{len(uids) and progress.tasks[task].completed / el:.1f}/s" if el else "")
+            progress.update(
+                task,
+                advance=len(uids),
+                drops=drops,
+                rate=f"{len(uids) and progress.tasks[task].completed / el:.1f}/s" if el else "",
+            )
         close = getattr(stage, "close", None)
         if close:
             close()

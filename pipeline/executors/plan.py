@@ -33,7 +33,9 @@ class Plan:
     stages: list[StagePlan] = field(default_factory=list)
 
     def context(self, stage_id: str) -> StageContext:
-        return StageContext(run=self.run, recipe_dir=self.loaded.dir, stage_name=stage_id, seed=self.loaded.recipe.seed)
+        return StageContext(
+            run=self.run, recipe_dir=self.loaded.dir, stage_name=stage_id, seed=self.loaded.recipe.seed
+        )
 
     def sources(self):
         for i, cfg in enumerate(self.loaded.recipe.sources):

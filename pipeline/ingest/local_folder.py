@@ -23,7 +23,9 @@ class LocalFolder(Source):
     def files(self) -> list[Path]:
         root = self.ctx.resolve(self.config.path)
         if not root.is_dir():
-            raise RecipeError(f"source {self.name!r}: path {self.config.path!r} is not a folder (resolved to {root})")
+            raise RecipeError(
+                f"source {self.name!r}: path {self.config.path!r} is not a folder (resolved to {root})"
+            )
         exts = {e.lower() for e in self.config.extensions}
         return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
 
@@ -41,7 +43,9 @@ class LocalFolder(Source):
             try:
                 img = decode(data)
             except DecodeError as e:
-                drops.append({"uid": uid, "stage": "ingest", "reason": "decode_error", "detail": f"{rel}: {e}"})
+                drops.append(
+                    {"uid": uid, "stage": "ingest", "reason": "decode_error", "detail": f"{rel}: {e}"}
+                )
             else:
                 side = path.with_suffix(self.config.alt_text_ext)
                 alt = side.read_text(errors="replace").strip() if side.is_file() else None
@@ -58,7 +62,9 @@ class LocalFolder(Source):
                         "sha256": digest,
                         "alt_text": alt or None,
                         "conversations": None,
-                        "meta": json.dumps({"bytes": len(data), "format": (img.format or path.suffix[1:]).lower()}),
+                        "meta": json.dumps(
+                            {"bytes": len(data), "format": (img.format or path.suffix[1:]).lower()}
+                        ),
                     }
                 )
             if len(rows) + len(drops) >= BATCH:

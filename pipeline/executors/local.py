@@ -87,6 +87,36 @@ def run_ingest(plan: Plan, progress: Progress) -> dict:
             r, d = _commit(plan, "ingest", "samples", out, covered)
             rows, drops = rows + r, drops + d
             done.update(covered)
+            progress.update(task, advance=r + d, drops=drops, rate=_rate(rows + drops, time.time() - t0))
+    progress.update(task, total=rows + drops, completed=rows + drops)
+    m = stage_metrics(rows + drops, rows, drops, time.time() - t0, skipped, table="samples")
+    run.update_stage("ingest", status="complete", **m)
+    return m
+
+
+def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
+    run = plan.run
+    t0 = time.time()
+    live = run.live_uids()
+    done = run.done_uids(sp.id, sp.table)
+    todo = live - done
+    task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
+    run.update_stage(sp.id, status="running", table=sp.table)
+    rows = drops = 0
+    extra: dict = {}
+    if todo:
+        stage = sp.cls(sp.config, plan.context(sp.id))
+        if sp.is_global:
+            batches = [pa.concat_tables(list(iter_sample_batches(plan, sp, todo, max(len(todo), 1))))]
+        else:
+            batches = iter_sample_batches(plan, sp, todo, sp.config.batch_size)
+        for batch in batches:
+            batch = attach_evidence(run, batch, sp.evidence)
+            uids = batch["uid"].to_pylist()
+            out = stage(batch)
+            r, d = _commit(plan, sp.id, sp.table, out, uids)
+            rows, drops = rows + r, drops + d
+            extra.update(out.metrics)
             done_n = int(progress.tasks[task].completed) + len(uids)
             progress.update(task, advance=len(uids), drops=drops, rate=_rate(done_n, time.time() - t0))
         close = getattr(stage, "close", None)

@@ -152,7 +152,7 @@ def _template_fingerprints(recipe: R.Recipe) -> dict[str, str]:
                 from loupe.pipeline.fuse.prompt import template_fingerprint
 
                 out[s.prompt_template] = template_fingerprint(s.prompt_template)
-            except (ImportError, FileNotFoundError, KeyError):
+            except (ImportError, FileNotFoundError, KeyError, ValueError):
                 out[s.prompt_template] = "unknown"
     return out
 

@@ -57,6 +57,8 @@ class Stage:
     evidence: ClassVar[tuple[str, ...]] = ()
     #: global stages see every live sample at once (dedup, clustering, export)
     is_global: ClassVar[bool] = False
+    #: stages that are a pure function of the whole run (export) see every live sample on every run
+    rerun_all: ClassVar[bool] = False
 
     def __init__(self, config: Any, ctx: StageContext):
         self.config = config

@@ -249,6 +249,9 @@ class ExportConfig(StageConfig):
         ["caption", "ocr", "grounding", "source_qa"], description="Conversation turns to build."
     )
     seed: int = Field(0, description="Seed for sampling instruction phrasings.")
+    tokenizer: str | None = Field(
+        None, description="transformers tokenizer (hub id or path) for exact token stats; default: regex estimate."
+    )
 
 
 StageEntry = Annotated[

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loupe.pipeline.evidence import attach_evidence
+from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
 from loupe.pipeline.stage import StageOutput
 
@@ -99,10 +100,10 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
     t0 = time.time()
     live = run.live_uids()
     done = run.done_uids(sp.id, sp.table)
-    todo = live - done
+    todo = live if sp.cls.rerun_all else live - done
     task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
     run.update_stage(sp.id, status="running", table=sp.table)
-    rows = drops = 0
+    rows = drops = splits = 0
     extra: dict = {}
     if todo:
         stage = sp.cls(sp.config, plan.context(sp.id))
@@ -113,15 +114,18 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
         for batch in batches:
             batch = attach_evidence(run, batch, sp.evidence)
             uids = batch["uid"].to_pylist()
-            out = stage(batch)
+            # per-row stages halve a batch that runs out of memory; a global stage must see everything
+            out = stage(batch) if sp.is_global else call_with_oom_split(stage, batch)
             r, d = _commit(plan, sp.id, sp.table, out, uids)
-            rows, drops = rows + r, drops + d
+            rows, drops, splits = rows + r, drops + d, splits + out.metrics.pop(OOM_SPLITS, 0)
             extra.update(out.metrics)
             done_n = int(progress.tasks[task].completed) + len(uids)
             progress.update(task, advance=len(uids), drops=drops, rate=_rate(done_n, time.time() - t0))
         close = getattr(stage, "close", None)
         if close:
             close()
+    if splits:
+        extra[OOM_SPLITS] = splits
     m = stage_metrics(len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, **extra)
     run.update_stage(sp.id, status="complete", **m)
     return m

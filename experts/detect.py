@@ -1,0 +1,199 @@
+"""Object detectors: closed-set ultralytics YOLO, or open-vocabulary OWL-ViT / OWLv2 (transformers).
+
+Rows are ``{label, box, score}`` best first, boxes normalised to [0, 1] (``round_box``), at most
+``max_boxes`` per image after the score threshold and class-wise NMS at ``iou``.
+
+OWL-ViT (Minderer et al. 2022) scores every image patch against text queries; the detect stage
+queries it with the image's own tags (from the tag stage) unless the recipe lists ``queries``.
+Its post-processing has no NMS for text queries, so we apply torchvision's per-label NMS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from loupe.experts.base import Expert, round_box
+from loupe.experts.weights import hub_offline, local_path, pick_device, require_package, resolve_weights
+from loupe.pipeline.errors import ModelUnavailable, RecipeError
+
+YOLO_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def detection_rows(
+    boxes: np.ndarray, scores: np.ndarray, labels: list[str], size: tuple[int, int], max_boxes: int
+) -> list[dict[str, Any]]:
+    """Pixel xyxy boxes of one image -> rows best first; boxes with no area after rounding are dropped."""
+    w, h = size
+    rows = []
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        box = round_box(boxes[i], w, h)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue
+        rows.append({"label": labels[i], "box": box, "score": round(float(scores[i]), 4)})
+        if len(rows) >= max_boxes:
+            break
+    return rows
+
+
+def yolo_weights(spec: str, base: Path | None = None) -> str:
+    """A YOLO model field -> a local weights file, or a model config (.yaml: random weights, for tests).
+
+    Named weights (``yolov8n.pt``) are taken from the working folder or ultralytics' ``weights_dir``;
+    ultralytics would otherwise fetch them from GitHub, which we allow only when not offline.
+    """
+    p = local_path(spec, base)
+    if p is not None:
+        return str(p.resolve())
+    if spec.endswith(YOLO_CONFIG_SUFFIXES):
+        return spec  # an architecture shipped with ultralytics (cfg/models/...), randomly initialised
+    from ultralytics.utils import SETTINGS
+
+    cached = Path(SETTINGS.get("weights_dir", "")) / spec
+    if cached.is_file():
+        return str(cached)
+    if hub_offline() or os.environ.get("YOLO_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        raise ModelUnavailable(
+            f"model: YOLO weights {spec!r} are not on this machine (looked in the recipe folder and "
+            f"{cached.parent}) and downloads are off (YOLO_OFFLINE / HF_HUB_OFFLINE). Put the .pt file "
+            "there or give its path in the recipe."
+        )
+    return spec  # ultralytics downloads its released weights by name
+
+
+class YoloDetector(Expert):
+    table = "detect"
+
+    def __init__(
+        self,
+        model: str = "yolov8n.pt",
+        min_score: float = 0.25,
+        iou: float = 0.5,
+        max_boxes: int = 50,
+        device: str = "auto",
+        base: Path | None = None,
+        imgsz: int = 640,
+    ):
+        require_package("ultralytics", "ultralytics", "detect backend 'yolo'")
+        from ultralytics import YOLO
+
+        weights = yolo_weights(model, base)
+        self.device = pick_device(device)
+        self.model = YOLO(weights)
+        self.min_score, self.iou, self.max_boxes, self.imgsz = min_score, iou, max_boxes, imgsz
+        self.model_id = f"yolo:{Path(model).name}"
+        # A batch of mixed shapes is letterboxed to imgsz x imgsz squares; one image alone gets the
+        # smaller rectangle that fits it. On CPU that makes per-image calls ~2x faster than one
+        # batched call (benchmarks/bench_experts.py), so only a GPU takes the batch at once.
+        self.micro_batch = 1 if self.device == "cpu" else 64
+
+    def predict(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
+        results = []
+        for i in range(0, len(images), self.micro_batch):
+            results += self.model.predict(
+                [im.convert("RGB") for im in images[i : i + self.micro_batch]],
+                conf=self.min_score,
+                iou=self.iou,
+                max_det=self.max_boxes,
+                imgsz=self.imgsz,
+                device=self.device,
+                verbose=False,
+            )
+        out = []
+        for im, r in zip(images, results):
+            b = r.boxes
+            names = r.names
+            labels = [str(names[int(c)]) for c in b.cls.tolist()]
+            out.append(
+                detection_rows(b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), labels, im.size, self.max_boxes)
+            )
+        return out
+
+
+class OwlVitDetector(Expert):
+    """OWL-ViT or OWLv2 from a hub id (local HF cache when offline) or a saved folder."""
+
+    table = "detect"
+    needs_queries = True
+
+    def __init__(
+        self,
+        model: str = "google/owlv2-base-patch16",
+        min_score: float = 0.1,
+        iou: float = 0.5,
+        max_boxes: int = 50,
+        queries: list[str] | None = None,
+        device: str = "auto",
+        base: Path | None = None,
+    ):
+        require_package("transformers", "transformers", "detect backend 'owlvit'")
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+        path = resolve_weights(model, "detect backend 'owlvit'", base)
+        try:
+            self.processor = AutoProcessor.from_pretrained(path)
+            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(path)
+        except OSError as e:
+            raise ModelUnavailable(f"model: OWL-ViT weights {model!r} could not be loaded here: {e}") from e
+        self.device = pick_device(device)
+        self.model.eval().to(self.device)
+        # OWLv2 pads images to a square (bottom/right) before resizing; its boxes are relative to that square.
+        self.pads_to_square = self.model.config.model_type == "owlv2"
+        self.max_text_len = int(self.model.config.text_config.max_position_embeddings)
+        self.torch = torch
+        self.min_score, self.iou, self.max_boxes = min_score, iou, max_boxes
+        self.queries = list(queries or [])
+        self.model_id = f"owlvit:{model}"
+
+    def predict(
+        self, images: list[Image.Image], queries: list[list[str]] | None = None
+    ) -> list[list[dict[str, Any]]]:
+        if queries is None:
+            if not self.queries:
+                raise RecipeError(
+                    "queries: OWL-ViT needs text queries (recipe queries, or tags from a tag stage)"
+                )
+            queries = [self.queries] * len(images)
+        if len(queries) != len(images):
+            raise ValueError(f"{len(queries)} query lists for {len(images)} images")
+        out: list[list[dict[str, Any]]] = [[] for _ in images]
+        todo = [i for i, q in enumerate(queries) if q]  # no tags, no queries: nothing to look for
+        if not todo:
+            return out
+        from torchvision.ops import batched_nms
+
+        imgs = [images[i].convert("RGB") for i in todo]
+        texts = [list(queries[i]) for i in todo]
+        inputs = self.processor(
+            text=texts, images=imgs, return_tensors="pt", truncation=True, max_length=self.max_text_len
+        ).to(self.device)
+        with self.torch.inference_mode():
+            outputs = self.model(**inputs)
+        sizes = [(max(im.size),) * 2 if self.pads_to_square else (im.height, im.width) for im in imgs]
+        results = self.processor.post_process_grounded_object_detection(
+            outputs, threshold=self.min_score, target_sizes=sizes
+        )
+        for i, im, q, r in zip(todo, imgs, texts, results):
+            boxes, scores, labels = r["boxes"].float(), r["scores"].float(), r["labels"]
+            real = labels < len(q)  # the processor pads shorter query lists with " "
+            boxes, scores, labels = boxes[real], scores[real], labels[real]
+            keep = batched_nms(boxes, scores, labels, self.iou)
+            b, s, lab = boxes[keep].cpu().numpy(), scores[keep].cpu().numpy(), labels[keep].tolist()
+            out[i] = detection_rows(b, s, [q[j] for j in lab], im.size, self.max_boxes)
+        return out
+
+
+def make_detector(config: Any, base: Path | None = None) -> Expert:
+    """Build the detector of a recipe ``detect`` stage config (``DetectConfig``)."""
+    c = config
+    if c.backend == "yolo":
+        return YoloDetector(c.model, c.min_score, c.iou, c.max_boxes, c.device, base)
+    if c.backend == "owlvit":
+        model = c.model if c.model != "yolov8n.pt" else "google/owlv2-base-patch16"
+        return OwlVitDetector(model, c.min_score, c.iou, c.max_boxes, c.queries, c.device, base)
+    raise RecipeError(f"detect backend={c.backend!r} is not valid; use yolo or owlvit")

@@ -1,0 +1,413 @@
+"""Scale-out on Ray Data: the same stage classes, run by actor pools, committed exactly once.
+
+How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]``):
+
+* **ingest** runs on the driver, exactly as in the local executor.
+* a **per-row stage** (OCR, detect, tag, embed, caption, filters) becomes one Ray Data pipeline:
+  ``read_parquet`` of the ``samples`` shards holding its todo uids → a filter task keeping the todo
+  uids (the set is broadcast once with ``ray.put``) → ``map_batches`` over an actor pool
+  (``resources.concurrency`` actors, ``num_cpus``/``num_gpus`` each, ``batch_size`` from the stage).
+  Each actor builds the stage **once** (models load in ``__init__``, the device is decided there, on
+  the worker), and for every batch attaches evidence, calls the stage (halving the batch on
+  out-of-memory, :mod:`loupe.pipeline.executors.oom`) and commits its own shard with
+  :meth:`RunDir.commit`. It returns one tiny row ``(n, rows, drops, ...)`` that the driver sums.
+* a **global stage** (dedup, semdedup, select, export) runs as one Ray task with the stage's
+  ``num_cpus``/``num_gpus`` — the same code as the local executor, on a worker.
+
+Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's
+rerun skips every committed uid. Ray Data restarts a crashed actor and retries its batch; a batch
+whose commit had landed just before the crash would then be written twice, so a *reconstructed*
+actor first reloads the stage's done uids and skips them. And a stopped job's actors may outlive
+its driver by a moment: every driver writes a fresh owner token into the run dir, and workers
+refuse to commit once the token is no longer theirs (:class:`FencedRunDir`), so a resubmitted
+job never races a dying one.
+
+The run directory must be on a filesystem every node sees at the same path (a local path on one
+machine; NFS/Lustre/a FUSE mount on a cluster). Object-store URIs (``s3://``) are not supported:
+:class:`RunDir` is built on ``pathlib``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+import warnings
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import Progress
+
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.evidence import attach_evidence
+from loupe.pipeline.executors.local import _commit, _progress, _rate, run_ingest, run_stage
+from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split
+from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
+from loupe.pipeline.rundir import RunDir, atomic_write_text
+
+#: Paths a ``ray job submit --working-dir`` upload should never carry (environments, outputs, caches).
+JOB_EXCLUDES = [
+    ".venv",
+    "venv",
+    "runs",
+    ".git",
+    "**/__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+    "build",
+    "dist",
+]
+
+# Read/filter tasks are I/O bound: a quarter CPU each keeps them from starving the stage actors
+# (with whole CPUs, a 2-CPU node running 2 actors could never schedule a read).
+_IO_CPUS = 0.25
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every driver and worker gets: offline model hubs, no Ray usage stats, no auth token."""
+    env = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "WANDB_MODE": "disabled",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    if os.environ.get("LOUPE_ALLOW_DOWNLOADS") != "1":
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", YOLO_OFFLINE="1")
+    return env
+
+
+def _apply_env() -> None:
+    for k, v in worker_env().items():
+        os.environ.setdefault(k, v)
+
+
+def job_runtime_env(**extra: Any) -> dict[str, Any]:
+    """A ``--runtime-env-json`` for ``ray job submit``: excludes + the offline environment."""
+    return {"excludes": list(JOB_EXCLUDES), "env_vars": worker_env(), **extra}
+
+
+# ---------------------------------------------------------------------------------------- connect
+def connect(address: str | None, quiet: bool = False, num_cpus: int | None = None) -> None:
+    """Connect to Ray: ``None``/``local`` starts a private local instance (or, inside ``ray job
+    submit``, joins the job's cluster via ``RAY_ADDRESS``); ``auto`` or ``host:port`` join a cluster."""
+    import ray
+
+    _apply_env()
+    if ray.is_initialized():
+        return
+    common: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "WARNING"}
+    try:
+        if address in (None, "", "local") and not os.environ.get("RAY_ADDRESS"):
+            # address="local" always starts a new instance; plain ray.init() would join any cluster
+            # whose address another user's `ray start` left in /tmp/ray/ray_current_cluster.
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env={"env_vars": worker_env()},
+                **common,
+            )
+        else:
+            ray.init(address=None if address in (None, "", "local") else address, **common)
+    except ConnectionError as e:
+        raise LoupeError(
+            f"--address {address!r}: no Ray cluster to connect to ({e}). Start one with "
+            "`ray start --head`, or leave --address out to start a local Ray."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------- fencing
+class FencedRunDir(RunDir):
+    """A run dir that commits only while ``token`` is the run's current owner (``_state/ray_owner``)."""
+
+    def __init__(self, path: str | os.PathLike, token: str):
+        super().__init__(path)
+        self.token = token
+
+    @property
+    def owner_path(self):
+        return self.path / "_state" / "ray_owner"
+
+    def take_ownership(self) -> None:
+        atomic_write_text(self.owner_path, self.token)
+
+    def commit(self, stage: str, *args: Any, **kwargs: Any) -> str:
+        owner = self.owner_path.read_text() if self.owner_path.exists() else None
+        if owner != self.token:
+            raise LoupeError(
+                f"run dir {self.path}: another run (owner {owner}) took it over; "
+                f"this worker of stage {stage!r} stops without committing"
+            )
+        return super().commit(stage, *args, **kwargs)
+
+
+def fenced(plan: Plan) -> Plan:
+    """A copy of ``plan`` whose run dir is fenced by a new owner token, which it takes now."""
+    run = FencedRunDir(plan.run.path, uuid.uuid4().hex)
+    run.take_ownership()
+    return dataclasses.replace(plan, run=run)
+
+
+# ---------------------------------------------------------------------------------------- workers
+def _keep_todo(batch: pa.Table, todo: Any) -> pa.Table:
+    import ray
+
+    uids = ray.get(todo) if isinstance(todo, ray.ObjectRef) else todo
+    return batch.filter(pc.is_in(batch["uid"], value_set=uids))
+
+
+class StageWorker:
+    """One actor of a per-row stage: builds the stage once, commits each batch itself."""
+
+    def __init__(self, plan: Plan, stage_id: str):
+        import ray
+
+        _apply_env()
+        self.plan = plan
+        self.sp = next(s for s in plan.stages if s.id == stage_id)
+        self.stage = self.sp.cls(self.sp.config, plan.context(stage_id))
+        self.skip: pa.Array | None = None
+        ctx = ray.get_runtime_context()
+        with warnings.catch_warnings():  # Ray 2.60 warns about an API used inside this property
+            warnings.simplefilter("ignore")
+            self.reconstructed = bool(ctx.was_current_actor_reconstructed)
+        if self.reconstructed:
+            # A batch of the crashed incarnation may have committed before the crash; its retry must
+            # not write it again.
+            self.skip = pa.array(sorted(plan.run.done_uids(self.sp.id, self.sp.table)), pa.string())
+        self.where = f"{ctx.get_node_id()[:8]}:{os.getpid()}"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        n_in = batch.num_rows  # skipped rows count as processed: an earlier incarnation committed them
+        if self.skip is not None:
+            batch = batch.filter(pc.invert(pc.is_in(batch["uid"], value_set=self.skip)))
+        rows = drops = splits = 0
+        metrics: dict[str, Any] = {}
+        if batch.num_rows:
+            batch = attach_evidence(self.plan.run, batch, self.sp.evidence)
+            uids = batch["uid"].to_pylist()
+            out = call_with_oom_split(self.stage, batch)
+            splits = out.metrics.pop(OOM_SPLITS, 0)
+            metrics = out.metrics
+            rows, drops = _commit(self.plan, self.sp.id, self.sp.table, out, uids)
+        return pa.table(
+            {
+                "n": [n_in],
+                "rows": [rows],
+                "drops": [drops],
+                OOM_SPLITS: [splits],
+                "seconds": [time.perf_counter() - t0],
+                "worker": [self.where],
+                "restarted": [self.reconstructed],
+                "metrics": [json.dumps(metrics, default=str)],
+            }
+        )
+
+    def __del__(self) -> None:
+        close = getattr(getattr(self, "stage", None), "close", None)
+        if close:
+            try:
+                close()
+            except Exception:
+                pass
+
+
+def _global_task(plan: Plan, stage_id: str) -> dict:
+    _apply_env()
+    sp = next(s for s in plan.stages if s.id == stage_id)
+    # Re-running it after a crash is safe: run_stage recomputes its todo set from the run dir.
+    return run_stage(plan, sp, Progress(disable=True))
+
+
+# ---------------------------------------------------------------------------------------- driver
+def _files_with(plan: Plan, todo: set[str]) -> list[str]:
+    """Only the samples shards that hold a todo uid (on resume most shards are skipped unread)."""
+    files = []
+    want = pa.array(sorted(todo), pa.string())
+    for f in plan.run.shard_files("samples"):
+        uids = pq.read_table(f, columns=["uid"])["uid"]
+        if pc.any(pc.is_in(uids, value_set=want)).as_py():
+            files.append(str(f))
+    return files
+
+
+def _pool_size(sp: StagePlan, index: int) -> int:
+    """The configured actor count, capped to what the cluster can host (a pool that cannot start hangs)."""
+    import ray
+
+    res = sp.config.resources
+    total = ray.cluster_resources()
+    where = f"stages[{index}] ({sp.id}).resources"
+    size = res.concurrency
+    if res.num_gpus > 0:
+        gpus = total.get("GPU", 0.0)
+        if gpus < res.num_gpus:
+            raise LoupeError(
+                f"{where}.num_gpus: {res.num_gpus} but the Ray cluster has {gpus:g} GPUs; "
+                "set num_gpus: 0 to run this stage on CPU"
+            )
+        size = min(size, math.floor(gpus / res.num_gpus + 1e-9))
+    if res.num_cpus > 0:
+        cpus = total.get("CPU", 0.0) - _IO_CPUS
+        if cpus < res.num_cpus:
+            raise LoupeError(
+                f"{where}.num_cpus: {res.num_cpus} but the Ray cluster has {cpus + _IO_CPUS:g} CPUs "
+                f"({_IO_CPUS} kept for reading)"
+            )
+        size = min(size, math.floor(cpus / res.num_cpus + 1e-9))
+    return max(size, 1)
+
+
+def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> dict:
+    import ray
+    import ray.data
+
+    run = plan.run
+    t0 = time.time()
+    live = run.live_uids()
+    done = run.done_uids(sp.id, sp.table)
+    todo = live - done
+    task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
+    run.update_stage(sp.id, status="running", table=sp.table)
+    res = sp.config.resources
+    n = rows = drops = splits = 0
+    busy = 0.0
+    extra: dict[str, Any] = {}
+    workers: set[str] = set()
+    restarted: set[str] = set()
+    actors = 0
+    if todo:
+        actors = _pool_size(sp, index)
+        todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
+        ds = ray.data.read_parquet(_files_with(plan, todo), num_cpus=_IO_CPUS).select_columns(list(sp.reads))
+        ds = ds.map_batches(
+            _keep_todo,
+            fn_kwargs={"todo": todo_ref},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=_IO_CPUS,
+        )
+        # One block per batch: Ray Data reads one block per parquet file, and an actor pool hands out
+        # whole blocks, so without this a big shard would keep all but one actor idle.
+        ds = ds.repartition(target_num_rows_per_block=sp.config.batch_size)
+        ds = ds.map_batches(
+            StageWorker,
+            fn_constructor_kwargs={"plan": plan, "stage_id": sp.id},
+            batch_size=sp.config.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus or None,
+        )
+        for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for r in part.to_pylist():
+                n, rows, drops = n + r["n"], rows + r["rows"], drops + r["drops"]
+                splits += r[OOM_SPLITS]
+                busy += r["seconds"]
+                extra.update(json.loads(r["metrics"]))
+                workers.add(r["worker"])
+                if r["restarted"]:
+                    restarted.add(r["worker"])
+                progress.update(task, advance=r["n"], drops=drops, rate=_rate(n, time.time() - t0))
+    if splits:
+        extra[OOM_SPLITS] = splits
+    m = stage_metrics(
+        len(todo),
+        rows,
+        drops,
+        time.time() - t0,
+        len(done & live),
+        table=sp.table,
+        executor="ray",
+        actors=actors,
+        workers=len(workers),
+        actor_restarts=len(restarted),
+        actor_seconds=round(busy, 3),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        batch_size=sp.config.batch_size,
+        **extra,
+    )
+    if n != len(todo):
+        # Every todo uid reaches exactly one actor; anything else means rows were lost in transit.
+        raise LoupeError(f"stage {sp.id}: {n} of {len(todo)} samples were processed; rerun to resume")
+    run.update_stage(sp.id, status="complete", **m)
+    return m
+
+
+def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
+    import ray
+
+    res = sp.config.resources
+    task = progress.add_task(sp.id, total=None, rate="", drops=0)
+    remote = ray.remote(_global_task).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+    m = ray.get(remote.remote(plan, sp.id))
+    progress.update(task, total=m["rows_in"], completed=m["rows_in"], drops=m["drops"])
+    m = {**m, "executor": "ray", "num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    plan.run.update_stage(sp.id, **m)
+    return m
+
+
+def check_run_dir(plan: Plan, console: Console) -> None:
+    """Refuse object-store URIs; warn when the run dir would live inside a job's uploaded copy."""
+    parts = plan.run.path.parts
+    scheme = next((p for p in parts if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:", p)), None)
+    if scheme:
+        raise LoupeError(
+            f"output: {scheme}// URIs are not supported (run dir resolved to {plan.run.path}); "
+            "the run dir must be a filesystem path every Ray node sees, e.g. an NFS mount"
+        )
+    if "runtime_resources" in parts:
+        console.print(
+            f"[yellow]warning:[/yellow] the run dir {plan.run.path} is inside this job's uploaded working "
+            "dir: it is node-local and deleted with the Ray session. Pass --output /shared/path.",
+            highlight=False,
+        )
+
+
+def run_ray(
+    plan: Plan, address: str | None = None, console: Console | None = None, quiet: bool = False
+) -> dict[str, dict]:
+    """Run a plan on Ray; returns the same per-stage metrics as :func:`run_local`."""
+    import ray
+
+    console = console or Console(stderr=True)
+    check_run_dir(plan, console)
+    ours = not ray.is_initialized()  # leave a caller's own Ray session running
+    connect(address, quiet=quiet)
+    try:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the driver shows one rich bar per stage instead
+        ctx.print_on_execution_start = False
+        if quiet:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Own the run dir before open_run cleans up orphans: a stopped job's late workers must not
+        # commit into the state this run is about to read.
+        plan = fenced(plan)
+        open_run(plan, "ray")
+        metrics: dict[str, dict] = {}
+        with _progress(console, quiet) as progress:
+            metrics["ingest"] = run_ingest(plan, progress)
+            for i, sp in enumerate(plan.stages):
+                if sp.is_global:
+                    metrics[sp.id] = run_global_stage(plan, sp, progress)
+                else:
+                    metrics[sp.id] = run_map_stage(plan, sp, i, progress)
+        plan.run.update_manifest(status="complete")
+        return metrics
+    finally:
+        if ours:
+            ray.shutdown()

@@ -1,0 +1,135 @@
+"""Pipeline stages around the visual experts (OCR, detection, tags): one base, three thin subclasses.
+
+:class:`ExpertStage` decodes the batch's images, calls the expert once on the whole batch and, when
+that raises, again image by image, so one bad image (corrupt bytes, 1x1, 10000x10, a backend crash)
+becomes a ``drops`` row (``decode_error`` / ``expert_error``) instead of a failed batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from PIL import Image
+
+from loupe.experts.base import Expert
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.images import DecodeError, decode
+from loupe.pipeline.stage import Stage, StageContext, StageOutput
+from loupe.schemas.tables import DROPS, drops_table
+
+
+def _error_text(e: BaseException, limit: int = 300) -> str:
+    msg = f"{type(e).__name__}: {e}"
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+class ExpertStage(Stage):
+    """Run one :class:`~loupe.experts.base.Expert` over a batch of samples; rows keyed by uid + model."""
+
+    reads: ClassVar[tuple[str, ...]] = ("uid", "image")
+
+    def __init__(self, config: Any, ctx: StageContext):
+        super().__init__(config, ctx)
+        self.expert = self.make_expert()
+
+    def make_expert(self) -> Any:  # pragma: no cover - interface (an Expert, or an Embedder for embed)
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called by the executor after the last batch: release the expert's threads."""
+        close = getattr(self.expert, "close", None)
+        if close is not None:
+            close()
+
+    def run_expert(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Call the expert; ``rows`` are the input rows (with evidence columns) of the same images."""
+        return self.expert.predict(images)
+
+    def _checked(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        out = self.run_expert(images, rows)
+        if len(out) != len(images):
+            raise RuntimeError(f"expert returned {len(out)} results for {len(images)} images")
+        return out
+
+    def __call__(self, batch: pa.Table) -> StageOutput:
+        rows_in = batch.to_pylist()
+        drops: list[dict] = []
+        ok_rows: list[dict[str, Any]] = []
+        images: list[Image.Image] = []
+        for row in rows_in:
+            try:
+                images.append(decode(row.get("image") or b""))
+                ok_rows.append(row)
+            except DecodeError as e:
+                drops.append(self.drop(row["uid"], "decode_error", str(e)))
+
+        results: list[list[dict[str, Any]] | None]
+        try:
+            results = list(self._checked(images, ok_rows)) if images else []
+        except LoupeError:
+            raise  # a recipe or model problem, not a bad image: stop with its message
+        except Exception:
+            # Isolate the failure: the batch call failed, so find which image(s) break the expert.
+            results = []
+            for img, row in zip(images, ok_rows):
+                try:
+                    results.append(self._checked([img], [row])[0])
+                except LoupeError:
+                    raise
+                except Exception as e:
+                    results.append(None)
+                    drops.append(self.drop(row["uid"], "expert_error", _error_text(e)))
+
+        out_rows: list[dict[str, Any]] = []
+        model = self.expert.model_id
+        for row, res in zip(ok_rows, results):
+            if res is None:
+                continue
+            out_rows.extend({"uid": row["uid"], "model": model, **r} for r in res)
+        table = pa.Table.from_pylist(out_rows, schema=self.schema) if out_rows else self.schema.empty_table()
+        return StageOutput(
+            rows=table,
+            drops=drops_table(drops) if drops else DROPS.empty_table(),
+            metrics={"expert_model": model},
+        )
+
+
+class OcrStage(ExpertStage):
+    name = "ocr"
+    table = "ocr"
+
+    def make_expert(self) -> Expert:
+        from loupe.experts.ocr import make_ocr
+
+        c = self.config
+        return make_ocr(c.backend, min_score=c.min_score, max_side=c.max_side)
+
+
+class TagStage(ExpertStage):
+    name = "tag"
+    table = "tags"
+
+    def make_expert(self) -> Expert:
+        from loupe.experts.tags import make_tagger
+
+        return make_tagger(self.config, base=self.ctx.recipe_dir)
+
+
+class DetectStage(ExpertStage):
+    name = "detect"
+    table = "detect"
+    # OWL-ViT is queried with each image's tags (from the tag stage), unless the recipe lists queries.
+    evidence: ClassVar[tuple[str, ...]] = ("tags",)
+
+    def make_expert(self) -> Expert:
+        from loupe.experts.detect import make_detector
+
+        return make_detector(self.config, base=self.ctx.recipe_dir)
+
+    def run_expert(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        if getattr(self.expert, "needs_queries", False):
+            fixed = list(self.config.queries)
+            queries = [fixed or [t["tag"] for t in (r.get("tags") or [])] for r in rows]
+            return self.expert.predict(images, queries=queries)
+        return self.expert.predict(images)

@@ -1,0 +1,67 @@
+"""Geometry3K (Lu et al., ACL 2021, "Inter-GPS"): multiple-choice geometry problems with diagrams.
+
+Source: https://github.com/lupantech/InterGPS (``data/geometry3k/``, and the problem folders in
+``annotation_tool/data_collection/data_examples/<id>/``). The release unpacks to::
+
+    geometry3k/
+      train/<id>/data.json  img_diagram.png  logic_form.json ...
+      val/<id>/...
+      test/<id>/...
+
+``data.json`` holds ``problem_text``, four ``choices``, ``answer`` (a letter), ``id``,
+``problem_type_graph``, ``problem_type_goal``, ``source``... ``path`` may point at ``geometry3k``
+or at the InterGPS checkout (``data/geometry3k`` inside it).
+
+One record per problem: the problem text with lettered choices; the answer is the letter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from loupe.pipeline.ingest.smr.base import (
+    LayoutError,
+    SmrRecord,
+    check_split,
+    conversation,
+    find_root,
+    leading_letter,
+    mc_prompt,
+    text,
+)
+
+SPLITS = ("train", "val", "test")
+
+
+def _numeric(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (1 << 62, name)
+
+
+def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
+    check_split("geometry3k", split, SPLITS)
+    shown = f"{split}/<id>/data.json"
+    base = find_root(root, split, nested=("geometry3k", "data/geometry3k"), shown=shown) / split
+    folders = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: _numeric(p.name))
+    if not any((p / "data.json").is_file() for p in folders[:50]):
+        raise LayoutError(f"expected {shown!r} inside it")
+    for folder in folders:
+        try:
+            data = json.loads((folder / "data.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a problem folder without readable data.json is not a problem
+        choices = [text(c) for c in data.get("choices") or []]
+        answer = leading_letter(text(data.get("answer"))) or ""
+        yield SmrRecord(
+            record_id=str(data.get("id", folder.name)),
+            image_path=folder / "img_diagram.png",
+            conversations=conversation([(mc_prompt(text(data.get("problem_text")), choices), answer)]),
+            meta={
+                "answer": answer,
+                "choices": choices,
+                "problem_type_graph": data.get("problem_type_graph"),
+                "problem_type_goal": data.get("problem_type_goal"),
+                "source": data.get("source"),
+            },
+        )

@@ -1,0 +1,155 @@
+"""OCR expert: rapidocr's shipped PP-OCR models on rendered text and a real scanned page."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from loupe.experts.ocr import make_ocr, ocr_rows, quad_to_box, reading_order
+from loupe.pipeline.errors import ModelUnavailable
+
+WORDS = (
+    "market river orange window garden silver planet coffee yellow morning station museum bridge winter "
+    "summer forest island camera letter number purple castle pocket dinner rocket simple happy quiet"
+).split()
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+
+
+def fonts() -> list[tuple[str, object]]:
+    """Pillow's bundled TrueType font (Pillow >= 10.1) plus DejaVu faces when the system has them."""
+    out: list[tuple[str, object]] = [("pillow-default", None)]
+    for name in ("DejaVuSans.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono.ttf"):
+        if (DEJAVU / name).exists():
+            out.append((name, DEJAVU / name))
+    return out
+
+
+def render(font_path, size: int, seed: int, w: int = 640, h: int = 360) -> tuple[Image.Image, list[str]]:
+    rng = random.Random(seed)
+    font = (
+        ImageFont.load_default(size=size) if font_path is None else ImageFont.truetype(str(font_path), size)
+    )
+    img = Image.new("RGB", (w, h), (rng.randint(200, 255),) * 3)
+    draw = ImageDraw.Draw(img)
+    words: list[str] = []
+    y = 10
+    while y + size * 1.4 < h:
+        line = rng.sample(WORDS, 3)
+        if draw.textlength(" ".join(line), font=font) > w - 20:
+            line = line[:2]
+        draw.text((10, y), " ".join(line), fill=(rng.randint(0, 60),) * 3, font=font)
+        words += line
+        y += int(size * 1.6)
+    return img, words
+
+
+@pytest.fixture(scope="module")
+def ocr():
+    return make_ocr("rapidocr", min_score=0.5, max_side=1600)
+
+
+def words_of(rows: list[dict]) -> set[str]:
+    return {w.lower() for r in rows for w in re.findall(r"[A-Za-z0-9_]+", r["text"])}
+
+
+def test_rendered_text_recall_several_fonts_and_sizes(ocr):
+    cases = [(name, path, size) for name, path in fonts() for size in (14, 22, 34)]
+    images, truth = zip(*(render(path, size, seed=i) for i, (_, path, size) in enumerate(cases)))
+    results = ocr.predict(list(images))
+    assert len(results) == len(images)
+    total = found = 0
+    for (name, _, size), words, rows in zip(cases, truth, results):
+        got = words_of(rows)
+        hit = sum(w.lower() in got for w in words)
+        assert hit / len(words) >= 0.8, f"{name} size {size}: read {sorted(got)}, drew {words}"
+        total, found = total + len(words), found + hit
+    assert found / total >= 0.9, f"recall {found}/{total}"
+
+
+def test_rows_are_in_reading_order_with_normalised_boxes(ocr):
+    img = Image.new("RGB", (800, 300), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=36)
+    d.text((420, 30), "second", fill="black", font=font)  # right of "first", same line
+    d.text((30, 32), "first", fill="black", font=font)
+    d.text((30, 200), "third", fill="black", font=font)
+    rows = ocr.predict([img])[0]
+    assert [r["text"].lower() for r in rows] == ["first", "second", "third"]
+    assert [r["line"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        x1, y1, x2, y2 = r["box"]
+        assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+        assert all(round(v, 3) == v for v in r["box"])
+        assert 0.5 <= r["score"] <= 1
+    # "first" sits in the left half, near the top
+    assert rows[0]["box"][2] < 0.5 and rows[0]["box"][3] < 0.5
+
+
+def test_real_scanned_page_from_scikit_image(ocr):
+    skdata = pytest.importorskip("skimage.data")
+    page = Image.fromarray(skdata.page()).convert("RGB")  # photo of a printed page, ships in the wheel
+    rows = ocr.predict([page])[0]
+    text = " ".join(r["text"] for r in rows).lower()
+    for phrase in ("region-based segmentation", "markers", "background", "histogram of grey values"):
+        assert phrase in text, text
+    assert rows[0]["text"].lower().startswith("region-based")  # the title comes first
+
+
+def test_photos_without_text_give_no_rows(ocr):
+    skdata = pytest.importorskip("skimage.data")
+    imgs = [Image.fromarray(skdata.coffee()), Image.fromarray(skdata.rocket())]
+    assert ocr.predict(imgs) == [[], []]
+
+
+def test_degenerate_images_are_fast_and_empty(ocr):
+    import time
+
+    t = time.perf_counter()
+    out = ocr.predict([Image.new("RGB", s, "white") for s in [(1, 1), (10000, 10), (10, 10000)]])
+    assert out == [[], [], []]
+    assert time.perf_counter() - t < 10  # rapidocr's own sizing took minutes on the strips
+
+
+def test_min_score_filters_rows():
+    rows = ocr_rows(
+        [[[0, 0], [10, 0], [10, 5], [0, 5]], [[0, 10], [10, 10], [10, 15], [0, 15]]],
+        ["kept", "dropped"],
+        [0.9, 0.3],
+        (20, 20),
+        min_score=0.5,
+    )
+    assert [r["text"] for r in rows] == ["kept"]
+    assert rows[0]["box"] == [0.0, 0.0, 0.5, 0.25]
+
+
+def test_reading_order_groups_lines_by_vertical_overlap():
+    boxes = [
+        (300, 12, 400, 40),  # line 1, right (slightly lower than its neighbour)
+        (10, 100, 90, 130),  # line 2
+        (10, 10, 120, 38),  # line 1, left
+        (150, 104, 260, 128),  # line 2, right
+    ]
+    assert reading_order(boxes) == [2, 0, 1, 3]
+    assert reading_order([]) == []
+
+
+def test_quad_to_box_takes_the_hull_of_a_rotated_quad():
+    assert quad_to_box([[5, 0], [10, 5], [5, 10], [0, 5]]) == (0, 0, 10, 10)
+
+
+def test_paddleocr_backend_without_paddle_is_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("paddleocr") and importlib.util.find_spec("paddle"):
+        pytest.skip("paddleocr is installed here")
+    with pytest.raises(ModelUnavailable, match="pip install paddle"):
+        make_ocr("paddleocr")
+
+
+def test_unknown_backend_names_the_value():
+    with pytest.raises(ValueError, match="'tesseract'"):
+        make_ocr("tesseract")

@@ -37,7 +37,7 @@ class LoadedRecipe:
 
     def resolve(self, p: str) -> Path:
         q = Path(p).expanduser()
-        return q if q.is_absolute() else self.dir / q
+        return q if q.is_absolute() else (self.dir / q).resolve()
 
 
 def _loc_str(loc: tuple) -> str:

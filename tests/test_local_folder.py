@@ -74,6 +74,12 @@ def test_new_files_are_ingested_on_rerun(tmp_path, demo_images):
     assert metrics["ingest"]["rows_out"] == 1
     n = query(run, "SELECT count(*) n, count(DISTINCT uid) d FROM samples").to_pylist()[0]
     assert n == {"n": 37, "d": 37}
+    # the new file is a copy of a sample kept in the first run: exact dedup of the rerun drops it
+    assert metrics["exact_dedup"]["rows_in"] == 1 and metrics["exact_dedup"]["drops"] == 1
+    d = query(run, "SELECT d.detail, s.source_id AS kept FROM drops d JOIN samples s ON s.uid = d.duplicate_of "
+              "WHERE d.reason = 'exact_duplicate' AND d.detail LIKE 'sub/%'").to_pylist()
+    assert d == [{"detail": "sub/moon2.jpg has the same sha256 as moon.jpg", "kept": "moon.jpg"}]
+    assert query(run, "SELECT count(*) n FROM live").to_pylist()[0]["n"] == 33
 
 
 def test_cli_query_count_and_validate(tmp_path, demo_images):

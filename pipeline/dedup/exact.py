@@ -20,22 +20,26 @@ class ExactDedup(Stage):
     def __call__(self, batch: pa.Table) -> StageOutput:
         rows = sorted(batch.to_pylist(), key=lambda r: (r["source"] or "", r["source_id"] or "", r["uid"]))
         groups: dict[str, list[dict]] = {}
+        # a resumed run with new samples (e.g. retried URLs): samples kept earlier come first in their group
+        for r in self._kept_before({r["uid"] for r in rows}):
+            groups.setdefault(r["sha256"], []).append(r)
         for r in rows:
             groups.setdefault(r["sha256"], []).append(r)
         out, drops = [], []
         for gid, members in enumerate(groups.values()):
             keep = members[0]
             cluster = gid if len(members) > 1 else None
-            out.append(
-                {
-                    "uid": keep["uid"],
-                    "method": "exact",
-                    "cluster": cluster,
-                    "duplicate_of": None,
-                    "similarity": None,
-                    "kept": True,
-                }
-            )
+            if not keep.get("earlier"):
+                out.append(
+                    {
+                        "uid": keep["uid"],
+                        "method": "exact",
+                        "cluster": cluster,
+                        "duplicate_of": None,
+                        "similarity": None,
+                        "kept": True,
+                    }
+                )
             for m in members[1:]:
                 out.append(
                     {
@@ -60,3 +64,12 @@ class ExactDedup(Stage):
             drops=drops_table(drops),
             metrics={"duplicate_groups": sum(len(g) > 1 for g in groups.values())},
         )
+
+    def _kept_before(self, batch_uids: set[str]) -> list[dict]:
+        """Live samples this stage already processed in an earlier run of the same run dir."""
+        done = self.ctx.run.done_uids(self.ctx.stage_name, self.table) - batch_uids
+        if not done:
+            return []
+        live = self.ctx.run.live_uids() & done
+        t = self.ctx.run.read_table("samples", ["uid", "sha256", "source_id"], filter_uids=live)
+        return [dict(r, earlier=True) for r in t.to_pylist()]

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from loupe.pipeline.errors import LoupeError
 
@@ -91,7 +92,9 @@ def run(
     except LoupeError as e:
         _fail(e)
     _summary(metrics)
+    _drop_summary(plan.run)
     out.print(f"run dir: {plan.run.path}")
+    out.print(f"report:  loupe report {plan.run.path}")
 
 
 def _summary(metrics: dict[str, dict]) -> None:
@@ -108,6 +111,26 @@ def _summary(metrics: dict[str, dict]) -> None:
             f"{m.get('seconds', 0):.2f}",
             str(m.get("items_per_s") or ""),
         )
+    err.print(t)
+
+
+def _drop_summary(run) -> None:
+    """Drops per stage and reason, with one example detail each (the ``drops`` table, via duckdb)."""
+    from loupe.pipeline.query import query as run_query
+
+    rows = run_query(
+        run,
+        "SELECT stage, reason, count(*) AS n, min(detail) AS example FROM drops GROUP BY 1, 2 ORDER BY n DESC, 1, 2",
+    ).to_pylist()
+    if not rows:
+        err.print("drops: none")
+        return
+    t = Table(title="drops")
+    for c in ("stage", "reason", "count", "example"):
+        t.add_column(c, justify="right" if c == "count" else "left")
+    for r in rows:
+        # Text(): a detail such as "[Errno 2] ..." must not be read as rich markup
+        t.add_row(Text(r["stage"]), Text(r["reason"]), str(r["n"]), Text((r["example"] or "")[:80]))
     err.print(t)
 
 

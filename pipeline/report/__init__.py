@@ -1,0 +1,100 @@
+"""``loupe report``: a static, self-contained HTML report of a run.
+
+``build_report(run)`` writes ``<run>/report/``::
+
+    index.html      the page (inline CSS and JS; opens from disk, fetches nothing)
+    thumbs/*.jpg    96 px thumbnails, one per sample shown
+    overlays/*.jpg  360 px images with OCR and detection boxes drawn on
+    plots/*.png     funnel, token-length and caption-length plots (matplotlib, Agg)
+
+Tables are read with duckdb (``loupe.pipeline.query.connect``); a table the run lacks reads as
+empty and its section says so. See docs/report.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.query import connect
+from loupe.pipeline.report.data import ReportData, read_image_bytes, read_report_data, report_path
+from loupe.pipeline.report.html import Images, render_page
+from loupe.pipeline.report.images import thumb_name, write_overlay, write_thumb
+from loupe.pipeline.report.plots import funnel_plot, histogram
+from loupe.pipeline.rundir import TMP_PREFIX, RunDir
+
+__all__ = ["build_report"]
+
+
+def _needed_thumbs(d: ReportData) -> list[str]:
+    uids = {s["uid"] for s in d.samples}
+    for r in d.drop_reasons:
+        uids.update(e["uid"] for e in r["examples"] or [] if e["has_image"])
+    for g in d.dup_groups:
+        uids.add(g["representative"])
+        uids.update(m["uid"] for m in g["members"] or [])
+    uids.update(c["representative"] for c in d.clusters if c["representative"])
+    uids.update(c["uid"] for c in d.captions)
+    uids.update(d.overlays)
+    return sorted(uids)
+
+
+def _write_images(con, d: ReportData, out: Path) -> Images:
+    thumbs_dir, overlays_dir = out / "thumbs", out / "overlays"
+    for p in (thumbs_dir, overlays_dir):
+        shutil.rmtree(p, ignore_errors=True)  # a rebuilt report must not keep stale files
+        p.mkdir(parents=True)
+    thumbs: dict[str, str] = {}
+    overlays: dict[str, str] = {}
+    for uid, data in read_image_bytes(con, _needed_thumbs(d)):
+        if data is None:
+            continue
+        name = thumb_name(uid)
+        if write_thumb(data, thumbs_dir / name):
+            thumbs[uid] = f"thumbs/{name}"
+        ov = d.overlays.get(uid)
+        if ov and write_overlay(data, overlays_dir / name, ov["ocr"], ov["detect"]):
+            overlays[uid] = f"overlays/{name}"
+    return Images(thumbs, overlays)
+
+
+def _write_plots(d: ReportData, out: Path) -> dict[str, str | None]:
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str | None] = {"funnel": None, "tokens": None, "words": None}
+    if d.funnel:
+        funnel_plot([f.stage for f in d.funnel], [f.survivors for f in d.funnel], plots_dir / "funnel.png")
+        plots["funnel"] = "plots/funnel.png"
+    if d.token_lengths:
+        histogram(d.token_lengths, plots_dir / "tokens.png", "tokens per record", "tokens")
+        plots["tokens"] = "plots/tokens.png"
+    if d.caption_words:
+        histogram(d.caption_words, plots_dir / "caption_words.png", "words per caption", "words")
+        plots["words"] = "plots/caption_words.png"
+    return plots
+
+
+def build_report(run: RunDir | str | Path, output: str | Path | None = None, max_samples: int = 5000) -> Path:
+    """Write the HTML report of ``run`` to ``output`` (default ``<run>/report``); return index.html.
+
+    ``max_samples`` caps the rows of the searchable samples table (and so the thumbnails written).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    if not run.manifest_path.exists():
+        raise LoupeError(f"{str(run.path)!r} is not a run directory (no manifest.json)")
+    out = report_path(run, output)
+    out.mkdir(parents=True, exist_ok=True)
+    con = connect(run)
+    try:
+        d = read_report_data(con, run, max_samples=max_samples)
+        images = _write_images(con, d, out)
+    finally:
+        con.close()
+    plots = _write_plots(d, out)
+    index = out / "index.html"
+    tmp = out / f"{TMP_PREFIX}index.html"
+    tmp.write_text(render_page(d, images, plots), encoding="utf-8")
+    os.replace(tmp, index)  # a reader never sees half a page
+    return index

@@ -1,0 +1,93 @@
+"""Read the ``embeddings`` table as numpy, and write a stage's ``clusters`` rows exactly once.
+
+Shared by the global stages that work on vectors (SemDeDup, DenseFusion selection) and the
+CLIP-score filter. Vectors are read straight from the parquet shards (not as ``evidence``): a
+million 512-d rows as Python lists would cost minutes, as one Arrow buffer they cost a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loupe.pipeline.errors import RecipeError
+from loupe.pipeline.rundir import RunDir
+from loupe.pipeline.stage import StageContext
+from loupe.schemas.tables import CLUSTERS
+
+
+@dataclass
+class Vectors:
+    uids: list[str]  # rows of ``matrix``, in the order of the requested uids
+    matrix: np.ndarray  # (n, dim) float32
+    model: str | None
+    missing: list[str]  # requested uids without a vector of this kind
+
+
+def load_vectors(run: RunDir, uids: list[str], kind: str = "image", model: str | None = None) -> Vectors:
+    """One vector per uid of ``kind`` ("image" | "text"). With several embedding models in the run and
+    no ``model`` given, the model covering most of ``uids`` is used (ties: alphabetical)."""
+    t = run.read_table("embeddings", ["uid", "model", "kind", "vector"], filter_uids=uids)
+    t = t.filter(pc.equal(t["kind"], kind))
+    if model is None and t.num_rows:
+        counts = Counter(t["model"].to_pylist())
+        model = min(counts, key=lambda m: (-counts[m], m))
+    if model is not None:
+        t = t.filter(pc.equal(t["model"], model))
+    pos = {u: i for i, u in enumerate(t["uid"].to_pylist())}  # last wins; the table has one per uid
+    have = [u for u in uids if u in pos]
+    missing = [u for u in uids if u not in pos]
+    if not have:
+        return Vectors([], np.zeros((0, 0), np.float32), model, missing)
+    col = t["vector"].combine_chunks()
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) != 1:
+        raise RecipeError(
+            f"embeddings of model {model!r} have mixed dimensions {sorted(set(lengths.tolist()))}"
+        )
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    matrix = flat.reshape(len(col), int(lengths[0]))
+    return Vectors(have, matrix[[pos[u] for u in have]], model, missing)
+
+
+def batch_digest(uids: list[str]) -> str:
+    """Stable id of a global stage's input: a rerun of the same (killed) batch gets the same id."""
+    return hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()[:12]
+
+
+def write_clusters(
+    ctx: StageContext,
+    method: str,
+    labels: np.ndarray,
+    representative: np.ndarray,
+    uids: list[str],
+    batch_uids: list[str],
+) -> int:
+    """Write the ``clusters`` rows (cluster, size, representative uid) of one global batch.
+
+    Called before the stage returns, so before the executor commits the batch: a run killed in
+    between redoes the batch, and the shard, named after the batch's uids, is replaced, not doubled.
+    """
+    k = len(representative)
+    sizes = np.bincount(labels, minlength=k) if len(labels) else np.zeros(k, np.int64)
+    rows = [
+        {
+            "method": method,
+            "cluster": c,
+            "size": int(sizes[c]),
+            "representative": uids[int(representative[c])],
+        }
+        for c in range(k)
+        if sizes[c] > 0
+    ]
+    ctx.run.write_table(
+        "clusters",
+        pa.Table.from_pylist(rows, schema=CLUSTERS),
+        stage=f"{ctx.stage_name}-{batch_digest(batch_uids)}",
+    )
+    return len(rows)

@@ -1,0 +1,48 @@
+"""Run ``img2dataset.download`` in its own process: ``python -m loupe.pipeline.ingest.img2dataset_worker ARGS.json``.
+
+Why a separate process: img2dataset starts its download processes with ``spawn``, and a spawned
+child re-imports the parent's ``__main__``; called from a script without an
+``if __name__ == "__main__":`` guard (or from some test runners) it hangs or re-runs the script.
+Run as ``python -m`` this module *is* ``__main__``, so the children import it (as
+``__mp_main__``, see the ``multiprocessing`` docs on the spawn start method) and nothing else.
+
+That re-import is also how the SSRF guard reaches the download processes: when ``LOUPE_SSRF_GUARD=1``
+the module's top level installs :class:`loupe.pipeline.ingest.ssrf.GuardHandler` as the global
+urllib opener, in this process and in every spawned child, so redirect hops are checked too.
+A crash here (even a segfault in an image codec) cannot take the ``loupe`` process with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+GUARD_ENV = "LOUPE_SSRF_GUARD"
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+if os.environ.get(GUARD_ENV) == "1":
+    from loupe.pipeline.ingest.ssrf import install_guard
+
+    install_guard()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(
+            f"usage: python -m {__spec__.name if __spec__ else 'img2dataset_worker'} ARGS.json",
+            file=sys.stderr,
+        )
+        return 2
+    with open(argv[1]) as f:
+        kwargs = json.load(f)
+    import img2dataset
+
+    img2dataset.download(**kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -12,7 +12,8 @@ about equally. Here: spherical k-means (faiss) into ``n_clusters``, then per clu
 
 Writes ``dedup`` rows (method ``select``, cluster, kept, similarity = cosine to the centroid),
 ``clusters`` rows and ``not_selected`` drops. Samples without an image vector cannot be ranked and
-are dropped as ``no_embedding``.
+are dropped as ``no_embedding``. A resumed run with new samples re-clusters them with the samples
+selected before, which keep their places; new samples compete for what is left of each quota.
 """
 
 from __future__ import annotations
@@ -23,15 +24,24 @@ import pyarrow as pa
 from loupe.pipeline.dedup.semdedup import representatives, spherical_kmeans
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.stage import Stage, StageOutput
-from loupe.pipeline.vectors import load_vectors, write_clusters
+from loupe.pipeline.vectors import kept_before, load_vectors, write_clusters
 from loupe.schemas.tables import DEDUP, drops_table
 
 
 def select_per_cluster(
-    labels: np.ndarray, score: np.ndarray, uids: list[str], per_cluster: int
+    labels: np.ndarray,
+    score: np.ndarray,
+    uids: list[str],
+    per_cluster: int,
+    kept_before: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Bool mask: the ``per_cluster`` highest scores of each cluster (ties: smaller uid first)."""
-    order = np.lexsort((np.asarray(uids), -score, labels))  # by cluster, best first
+    """Bool mask: the ``per_cluster`` highest scores of each cluster (ties: smaller uid first).
+
+    ``kept_before`` marks samples selected by an earlier run: they fill their cluster's quota first
+    and always stay.
+    """
+    prior = np.zeros(len(labels), bool) if kept_before is None else kept_before
+    order = np.lexsort((np.asarray(uids), -score, ~prior, labels))  # by cluster, best first
     rank = np.empty(len(order), np.int64)
     sorted_labels = labels[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_labels)) + 1] if len(order) else np.zeros(0, np.int64)
@@ -39,7 +49,7 @@ def select_per_cluster(
     first[starts] = starts
     first = np.maximum.accumulate(first) if len(order) else first
     rank[order] = np.arange(len(order)) - first
-    return rank < per_cluster
+    return (rank < per_cluster) | prior
 
 
 class Select(Stage):
@@ -69,40 +79,53 @@ class Select(Stage):
     def __call__(self, batch: pa.Table) -> StageOutput:
         cfg = self.config
         batch_uids = batch["uid"].to_pylist()
-        vec = load_vectors(self.ctx.run, batch_uids, "image")
-        if not vec.uids:
+        earlier = kept_before(self.ctx, self.table, batch_uids)
+        vec = load_vectors(self.ctx.run, earlier + batch_uids, "image")
+        old = set(earlier)
+        prior = np.array([u in old for u in vec.uids], bool)
+        if prior.all():
             raise RecipeError(
                 f"{self.ctx.stage_name}: no image embeddings for the {len(batch_uids)} live samples; "
                 "add an `embed` stage before `select`"
             )
-        uids = vec.uids
         km = spherical_kmeans(vec.matrix, cfg.n_clusters, 20, cfg.seed, "auto")
-        score = self._score(uids, vec.matrix, km.similarity, vec.model)
-        keep = select_per_cluster(km.labels, score, uids, cfg.per_cluster)
+        score = self._score(vec.uids, vec.matrix, km.similarity, vec.model)
+        keep_all = select_per_cluster(km.labels, score, vec.uids, cfg.per_cluster, prior)
         rep = representatives(km.labels, km.similarity, len(km.centroids))
-        n_clusters = write_clusters(self.ctx, "select", km.labels, rep, uids, batch_uids)
+        offset = write_clusters(self.ctx, "select", km.labels, rep, vec.uids, batch_uids)
+
+        idx = np.flatnonzero(~prior)  # rows are written for this run's samples only
+        uids = [vec.uids[i] for i in idx]
+        keep, cluster, score = keep_all[idx], km.labels[idx] + offset, score[idx]
         rows = pa.Table.from_arrays(
             [
                 pa.array(uids, pa.string()),
                 pa.array(["select"] * len(uids), pa.string()),
-                pa.array(km.labels, pa.int64()),
+                pa.array(cluster, pa.int64()),
                 pa.nulls(len(uids), pa.string()),
-                pa.array(km.similarity, pa.float32()),
+                pa.array(km.similarity[idx], pa.float32()),
                 pa.array(keep, pa.bool_()),
             ],
             schema=DEDUP,
         )
-        drops = [self.drop(u, "no_embedding", "no image vector to cluster") for u in vec.missing]
+        drops = [
+            self.drop(u, "no_embedding", "no image vector to cluster") for u in vec.missing if u not in old
+        ]
         drops += [
             self.drop(
                 uids[j],
                 "not_selected",
-                f"cluster {km.labels[j]}: {cfg.score} {score[j]:.4f} below the top {cfg.per_cluster}",
+                f"cluster {cluster[j]}: {cfg.score} {score[j]:.4f} below the top {cfg.per_cluster}",
             )
             for j in np.flatnonzero(~keep)
         ]
         return StageOutput(
             rows=rows,
             drops=drops_table(drops),
-            metrics={"selected": int(keep.sum()), "clusters": n_clusters, "embedding_model": vec.model},
+            metrics={
+                "selected": int(keep.sum()),
+                "clusters": len(km.centroids),
+                "compared_with_earlier": len(earlier),
+                "embedding_model": vec.model,
+            },
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.rundir import RunDir
@@ -60,6 +61,16 @@ def batch_digest(uids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()[:12]
 
 
+def kept_before(ctx: StageContext, table: str, batch_uids: list[str]) -> list[str]:
+    """Live samples this stage already processed in an earlier run of the same run dir.
+
+    A resumed run that brings new samples (new files, retried URLs) hands a global stage only the
+    new ones; the stage compares them with these, which stay kept (their decision is committed).
+    """
+    done = ctx.run.done_uids(ctx.stage_name, table) - set(batch_uids)
+    return sorted(ctx.run.live_uids() & done) if done else []
+
+
 def write_clusters(
     ctx: StageContext,
     method: str,
@@ -68,26 +79,29 @@ def write_clusters(
     uids: list[str],
     batch_uids: list[str],
 ) -> int:
-    """Write the ``clusters`` rows (cluster, size, representative uid) of one global batch.
+    """Write the ``clusters`` rows (cluster, size, representative uid) of one global batch and return
+    the offset added to ``labels`` so that cluster ids of successive (incremental) runs never collide.
 
     Called before the stage returns, so before the executor commits the batch: a run killed in
     between redoes the batch, and the shard, named after the batch's uids, is replaced, not doubled.
     """
+    prefix = f"{ctx.stage_name}-{batch_digest(batch_uids)}"
+    offset = 0
+    for f in ctx.run.shard_files("clusters", ctx.stage_name):
+        if not f.name.startswith(f"{prefix}-"):
+            col = pq.read_table(f, columns=["cluster"])["cluster"]
+            offset = max(offset, (pc.max(col).as_py() or -1) + 1 if len(col) else 0)
     k = len(representative)
     sizes = np.bincount(labels, minlength=k) if len(labels) else np.zeros(k, np.int64)
     rows = [
         {
             "method": method,
-            "cluster": c,
+            "cluster": offset + c,
             "size": int(sizes[c]),
             "representative": uids[int(representative[c])],
         }
         for c in range(k)
         if sizes[c] > 0
     ]
-    ctx.run.write_table(
-        "clusters",
-        pa.Table.from_pylist(rows, schema=CLUSTERS),
-        stage=f"{ctx.stage_name}-{batch_digest(batch_uids)}",
-    )
-    return len(rows)
+    ctx.run.write_table("clusters", pa.Table.from_pylist(rows, schema=CLUSTERS), stage=prefix)
+    return offset

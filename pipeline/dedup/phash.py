@@ -2,7 +2,8 @@
 
 Images are visited in (source, source_id, uid) order, as in exact dedup; an image is dropped
 (``near_duplicate``) when its hash is within ``max_distance`` Hamming bits of an earlier *kept*
-image, and ``duplicate_of`` names the nearest such one. Neighbours come from a faiss binary index
+image, and ``duplicate_of`` names the nearest such one. On a resumed run with new samples, the
+images this stage kept before come first (and stay kept), as in exact dedup. Neighbours come from a faiss binary index
 range search (popcount in C++, queried in chunks), never a Python loop over all pairs.
 
 With the default 64-bit hash, a resize + JPEG re-encode moves a photo 0-4 bits and a 2-3 % crop
@@ -22,6 +23,7 @@ from PIL import Image
 
 from loupe.pipeline.images import DecodeError, decode
 from loupe.pipeline.stage import Stage, StageOutput
+from loupe.pipeline.vectors import kept_before
 from loupe.schemas.tables import DEDUP, drops_table
 
 READ_CHUNK = 512  # images decoded at a time, so a million-image run never holds all bytes at once
@@ -105,9 +107,16 @@ class PhashDedup(Stage):
         return hashes, errors
 
     def __call__(self, batch: pa.Table) -> StageOutput:
-        rows_in = sorted(batch.to_pylist(), key=lambda r: (r["source"] or "", r["source_id"] or "", r["uid"]))
+        key = lambda r: (r["source"] or "", r["source_id"] or "", r["uid"])  # noqa: E731
+        rows_in = sorted(batch.to_pylist(), key=key)
+        # a resumed run with new samples: the images this stage kept before come first and stay kept
+        earlier = kept_before(self.ctx, self.table, [r["uid"] for r in rows_in])
+        if earlier:
+            t = self.ctx.run.read_table("samples", ["uid", "source", "source_id"], filter_uids=earlier)
+            rows_in = [dict(r, earlier=True) for r in sorted(t.to_pylist(), key=key)] + rows_in
         hashes, errors = self._hashes([r["uid"] for r in rows_in])
-        drops = [self.drop(u, "decode_error", e) for u, e in errors.items()]
+        old = set(earlier)
+        drops = [self.drop(u, "decode_error", e) for u, e in errors.items() if u not in old]
         rows = [r for r in rows_in if r["uid"] in hashes]
         bits = self.config.hash_size**2
         codes = pack(np.stack([hashes[r["uid"]] for r in rows])) if rows else np.zeros((0, 1), np.uint8)
@@ -117,6 +126,8 @@ class PhashDedup(Stage):
         grouped = set(root[dup >= 0].tolist())
         out = []
         for j, r in enumerate(rows):
+            if r.get("earlier"):
+                continue
             is_dup = dup[j] >= 0
             keeper = rows[dup[j]] if is_dup else None
             out.append(

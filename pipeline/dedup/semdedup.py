@@ -129,7 +129,9 @@ def _max_earlier(xc: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     return best, arg
 
 
-def _greedy(xc: np.ndarray, threshold: float, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _greedy(
+    xc: np.ndarray, threshold: float, block: int, protected: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy variant: member j is compared with earlier *kept* members only."""
     m = len(xc)
     removed = np.zeros(m, bool)
@@ -155,8 +157,9 @@ def _greedy(xc: np.ndarray, threshold: float, block: int) -> tuple[np.ndarray, n
                 a = int(np.argmax(v))
                 if v[a] > best[c0 + j]:
                     best[c0 + j], arg[c0 + j] = v[a], c0 + a
-            kept_in[j] = not best[c0 + j] > threshold
-            if best[c0 + j] > threshold:
+            drop = bool(best[c0 + j] > threshold) and not protected[c0 + j]
+            kept_in[j] = not drop
+            if drop:
                 removed[c0 + j] = True
             else:
                 kept_idx.append(c0 + j)
@@ -179,8 +182,13 @@ def semdedup_clusters(
     variant: Variant = "paper",
     block_size: int = 4096,
     seed: int = 0,
+    kept_before: np.ndarray | None = None,
 ) -> SemDedupResult:
-    """SemDeDup given a clustering (``labels`` and each vector's cosine similarity to its centroid)."""
+    """SemDeDup given a clustering (``labels`` and each vector's cosine similarity to its centroid).
+
+    ``kept_before`` (bool mask) marks vectors kept by an earlier, committed run: they go first in
+    their cluster's order and are never removed, so new vectors are judged against them.
+    """
     x = _as_unit(x)
     n = len(x)
     labels = np.asarray(labels, np.int64)
@@ -198,6 +206,8 @@ def semdedup_clusters(
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     for members in np.split(order, bounds) if n else []:
         ordered = _cluster_order(members, similarity, keep, rng)
+        if kept_before is not None:
+            ordered = ordered[np.argsort(~kept_before[ordered], kind="stable")]
         xc = x[ordered]
         if variant == "paper":
             b, a = _max_earlier(xc, block_size)
@@ -207,11 +217,15 @@ def semdedup_clusters(
                 removed[e][ordered] = b > 1 - e
         else:
             for e in eps_list:  # the greedy kept set depends on eps: one pass per eps
-                r, b, a = _greedy(xc, 1 - e, block_size)
+                protected = kept_before[ordered] if kept_before is not None else np.zeros(len(ordered), bool)
+                r, b, a = _greedy(xc, 1 - e, block_size, protected)
                 removed[e][ordered] = r
                 if e == eps_list[0]:
                     best[ordered] = b
                     arg[ordered] = np.where(a >= 0, ordered[np.maximum(a, 0)], -1)
+    if kept_before is not None:
+        for e in eps_list:
+            removed[e] &= ~kept_before
     return SemDedupResult(labels, similarity, best, arg, removed)
 
 

@@ -7,8 +7,10 @@ the member nearest the centroid) and a ``drops`` row (reason ``semantic_duplicat
 sample. Metrics report the kept count for every epsilon in ``epsilon`` + ``epsilons``.
 
 Samples without an image embedding (no ``embed`` stage ran on them) are kept and counted as
-``missing_embedding``. The stage is global over the samples live when it runs; a later run that
-adds samples deduplicates the new ones among themselves.
+``missing_embedding``. The stage is global over the samples live when it runs. A resumed run that
+brings new samples clusters them together with the samples this stage kept before; those come
+first in their cluster's order and stay kept, so only new samples can be removed (as duplicates of
+old or new ones). Cluster ids of such a run are offset past the earlier ones.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from loupe.pipeline.dedup.semdedup import (
 )
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.stage import Stage, StageOutput
-from loupe.pipeline.vectors import load_vectors, write_clusters
+from loupe.pipeline.vectors import kept_before, load_vectors, write_clusters
 from loupe.schemas.tables import DEDUP, drops_table
 
 
@@ -43,8 +45,11 @@ class SemDedupStage(Stage):
     def __call__(self, batch: pa.Table) -> StageOutput:
         cfg = self.config
         batch_uids = batch["uid"].to_pylist()
-        vec = load_vectors(self.ctx.run, batch_uids, "image")
-        if not vec.uids:
+        earlier = kept_before(self.ctx, self.table, batch_uids)
+        vec = load_vectors(self.ctx.run, earlier + batch_uids, "image")
+        old = set(earlier)
+        new = np.array([u not in old for u in vec.uids], bool)
+        if not new.any():
             raise RecipeError(
                 f"{self.ctx.stage_name}: no image embeddings for the {len(batch_uids)} live samples; "
                 "add an `embed` stage before `semdedup`"
@@ -54,24 +59,27 @@ class SemDedupStage(Stage):
         t1 = time.time()
         eps_all = sorted({cfg.epsilon, *cfg.epsilons})
         res = semdedup_clusters(
-            vec.matrix, km.labels, km.similarity, eps_all, cfg.keep, cfg.variant, cfg.block_size, cfg.seed
-        )
+            vec.matrix, km.labels, km.similarity, eps_all, cfg.keep, cfg.variant, cfg.block_size, cfg.seed,
+            kept_before=~new,
+        )  # fmt: skip
         t2 = time.time()
         eps = pick_epsilon(res, cfg.target_size) if cfg.target_size else cfg.epsilon
-        removed = res.removed[eps]
-        uids = vec.uids
         rep = representatives(km.labels, km.similarity, len(km.centroids))
-        n_clusters = write_clusters(self.ctx, "semdedup", km.labels, rep, uids, batch_uids)
+        offset = write_clusters(self.ctx, "semdedup", km.labels, rep, vec.uids, batch_uids)
 
+        idx = np.flatnonzero(new)  # rows are written for this run's samples only
+        uids = [vec.uids[i] for i in idx]
+        removed = res.removed[eps][idx]
+        cluster = km.labels[idx] + offset
+        m = res.max_similarity[idx]
         dup_of = [
-            uids[a] if r and a >= 0 else None for r, a in zip(removed.tolist(), res.duplicate_of.tolist())
+            vec.uids[a] if r else None for r, a in zip(removed.tolist(), res.duplicate_of[idx].tolist())
         ]
-        m = res.max_similarity
         rows = pa.Table.from_arrays(
             [
                 pa.array(uids, pa.string()),
                 pa.array(["semdedup"] * len(uids), pa.string()),
-                pa.array(km.labels, pa.int64()),
+                pa.array(cluster, pa.int64()),
                 pa.array(dup_of, pa.string()),
                 _nan_to_null(m),
                 pa.array(~removed, pa.bool_()),
@@ -83,7 +91,7 @@ class SemDedupStage(Stage):
                 self.drop(
                     uids[j],
                     "semantic_duplicate",
-                    f"cosine {m[j]:.4f} > 1 - eps ({1 - eps:.4f}) in cluster {km.labels[j]}",
+                    f"cosine {m[j]:.4f} > 1 - eps ({1 - eps:.4f}) in cluster {cluster[j]}",
                     dup_of[j],
                 )
                 for j in np.flatnonzero(removed)
@@ -91,10 +99,11 @@ class SemDedupStage(Stage):
         )
         metrics = {
             "epsilon": eps,
-            **{eps_key(e): res.kept_count(e) for e in eps_all},
-            "clusters": n_clusters,
+            **{eps_key(e): int((~res.removed[e][idx]).sum()) for e in eps_all},
+            "clusters": len(km.centroids),
+            "compared_with_earlier": int((~new).sum()),
             "embedding_model": vec.model,
-            "missing_embedding": len(vec.missing),
+            "missing_embedding": len(batch_uids) - len(uids),
             "kmeans_gpu": km.gpu,
             "kmeans_seconds": round(t1 - t0, 3),
             "semdedup_seconds": round(t2 - t1, 3),

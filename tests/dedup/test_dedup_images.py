@@ -170,3 +170,36 @@ def test_rerun_resumes_without_duplicating_clusters(semantic_run):
     metrics = run_local(plan, quiet=True)
     assert metrics["semdedup"]["rows_in"] == 0 and metrics["select"]["rows_in"] == 0
     assert query(run, "SELECT count(*) AS n FROM clusters").to_pylist()[0]["n"] == before
+
+
+@pytest.mark.slow
+def test_resumed_run_dedups_new_files_against_earlier_kept(tmp_path):
+    """Run on the 20 distinct photos, then add the 9 planted copies and rerun the same run dir:
+    pHash and SemDeDup remove only new files, each as a duplicate of an earlier kept photo."""
+    kinds = write_planted(tmp_path / "all")
+    (tmp_path / "photos").mkdir()
+    for n in kinds["distinct"]:
+        (tmp_path / "photos" / n).write_bytes((tmp_path / "all" / n).read_bytes())
+    stages = (
+        "  - stage: phash_dedup\n    max_distance: 0\n"  # identical copies + re-encodes; crops pass on
+        f"  - stage: embed\n    batch_size: 8\n  - stage: semdedup\n    n_clusters: 4\n    epsilon: {SEMDEDUP_EPS}\n"
+    )
+    run, first, names = run_recipe(tmp_path, stages, "grow")
+    assert first["semdedup"]["kept_eps_0.25"] == 20 and first["phash_dedup"]["near_duplicates"] == 0
+    clusters_before = query(run, "SELECT max(cluster) AS m FROM clusters").to_pylist()[0]["m"]
+    for n in kinds["identical"] | kinds["resized"] | kinds["cropped"]:
+        (tmp_path / "photos" / n).write_bytes((tmp_path / "all" / n).read_bytes())
+    run2, second, names = run_recipe(tmp_path, stages, "grow")
+    assert run2.path == run.path and second["semdedup"]["compared_with_earlier"] == 20
+    # pHash at distance 0: identical copies and re-encodes (both hash equal) go, as duplicates of old files
+    near = drops_of(run, names, "phash_dedup")
+    assert set(near) == kinds["identical"] | kinds["resized"]
+    semantic = drops_of(run, names, "semdedup")
+    assert set(semantic) == kinds["cropped"]
+    assert all(dup == original(n) for n, (_, dup) in {**near, **semantic}.items())
+    assert query(run, "SELECT count(*) AS n FROM live").to_pylist()[0]["n"] == 20
+    assert query(run, "SELECT min(cluster) AS m FROM clusters").to_pylist()[0]["m"] >= 0
+    new_ids = query(
+        run, "SELECT count(*) AS n FROM clusters WHERE cluster > ?".replace("?", str(clusters_before))
+    )
+    assert new_ids.to_pylist()[0]["n"] > 0  # the second run's clusters got fresh ids

@@ -117,6 +117,20 @@ def test_paper_rule_counts_removed_members():
     assert greedy.removed[eps].tolist() == [False, True, False]
 
 
+def test_kept_before_go_first_and_stay():
+    """A resumed run: vectors kept earlier lead their cluster and are never removed."""
+    x = unit(np.array([[1.0, 0.0], [1.0, 0.01], [1.0, 0.02]]))
+    labels = np.zeros(3, np.int64)
+    sim = np.array([0.9, 0.1, 0.5], np.float32)  # hard order would be 1, 2, 0
+    plain = semdedup_clusters(x, labels, sim, [0.01])
+    assert plain.removed[0.01].tolist() == [True, False, True]
+    # the paper's M counts the removed 1 (nearest to 2); greedy compares with kept members only
+    for variant, dup in (("paper", [0, 1]), ("greedy", [0, 0])):
+        prior = np.array([True, False, False])
+        r = semdedup_clusters(x, labels, sim, [0.01], variant=variant, kept_before=prior)
+        assert r.removed[0.01].tolist() == [False, True, True] and r.duplicate_of.tolist()[1:] == dup
+
+
 def test_greedy_removes_a_subset_and_blocks_agree(planted, clustered):
     x, _ = planted
     args = (x, clustered.labels, clustered.similarity_to_centroid, [0.05, 0.3])

@@ -18,6 +18,12 @@ from loupe.pipeline.fuse.prompt import Evidence
 
 WORD = re.compile(r"[a-z0-9]+")
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "experts" / "vocab"
+# Tag-vocabulary words that name the picture's medium or lighting rather than a thing in it ("text in
+# the image reads", "a portrait image", "light blue"): naming them is not an object hallucination.
+NOT_OBJECTS = frozenset(
+    {"text", "portrait", "document", "page", "screenshot", "website", "drawing", "painting", "cartoon",
+     "diagram", "chart", "light", "night", "space", "field"}
+)
 
 
 def words(text: str | None) -> list[str]:
@@ -29,7 +35,7 @@ def _singular(w: str) -> str:
         return w[:-3] + "y"
     if len(w) > 3 and w.endswith("es") and w[-3] in "sxz":
         return w[:-2]
-    if len(w) > 2 and w.endswith("s") and not w.endswith("ss"):
+    if len(w) > 2 and w.endswith("s") and not w.endswith(("ss", "us", "is")):  # bus, cactus, iris
         return w[:-1]
     return w
 
@@ -54,7 +60,7 @@ def object_vocabulary() -> frozenset[str]:
                 ws = words(label)
                 if len(ws) == 1 and len(ws[0]) > 2:
                     out.add(_singular(ws[0]))
-    return frozenset(out)
+    return frozenset(out - NOT_OBJECTS)
 
 
 @dataclass

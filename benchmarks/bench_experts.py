@@ -3,7 +3,10 @@
     python benchmarks/bench_experts.py [--n 32] [--seconds 0] [--device cpu]
 
 Images: real photos shipped in scikit-image (cat, astronaut, coffee, rocket, ...) and rendered text
-pages, so OCR sees both text-free photos and 10-line pages. Prints a markdown table (img/s, ratio).
+pages, so OCR sees both text-free photos and 10-line pages. Prints a markdown table: images per
+wall-clock second and per CPU-second of this process (threads included; the fair per-core figure on
+a shared machine), for per-image calls and one batched call, and their ratio. ``--only ocr-sweep``
+times rapidocr's options (detector size, direction classifier, threads) on the same images.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import os
 import platform
 import random
+import resource
 import subprocess
 import tempfile
 import time
@@ -47,23 +51,64 @@ def text_pages(n: int, size: tuple[int, int] = (640, 360)) -> list[Image.Image]:
     return out
 
 
-def rate(fn: Callable[[], object], n_images: int, min_seconds: float) -> float:
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def rate(fn: Callable[[], object], n_images: int, min_seconds: float) -> tuple[float, float]:
+    """(images per wall second, images per CPU-second of this process) over >= min_seconds."""
     fn()  # warm-up (lazy model loading, allocator)
-    t0, runs = time.perf_counter(), 0
+    t0, c0, runs = time.perf_counter(), cpu_seconds(), 0
     while True:
         fn()
         runs += 1
         el = time.perf_counter() - t0
         if el >= min_seconds:
-            return runs * n_images / el
+            return runs * n_images / el, runs * n_images / max(cpu_seconds() - c0, 1e-9)
 
 
 def compare(
     name: str, predict: Callable[[list[Image.Image]], object], images: list[Image.Image], secs: float
 ):
-    batched = rate(lambda: predict(images), len(images), secs)
-    single = rate(lambda: [predict([im]) for im in images], len(images), secs)
-    return f"| {name} | {len(images)} | {single:.1f} | {batched:.1f} | {batched / single:.2f}x |"
+    batched, b_cpu = rate(lambda: predict(images), len(images), secs)
+    single, s_cpu = rate(lambda: [predict([im]) for im in images], len(images), secs)
+    return (
+        f"| {name} | {len(images)} | {single:.2f} ({s_cpu:.2f}) | {batched:.2f} ({b_cpu:.2f}) "
+        f"| {batched / single:.2f}x |"
+    )
+
+
+def ocr_sweep(n: int, secs: float) -> None:
+    """rapidocr options on the same photos and pages, one batched call each (workers threads)."""
+    from loupe.experts.ocr import RapidOcr
+
+    nocls = {"Global.use_cls": False}
+    configs = [
+        ("1 engine, onnxruntime threads = cores, det_min_side 640", dict(workers=1)),
+        (
+            "1 engine, onnxruntime 1 thread, det_min_side 640",
+            dict(workers=1, engine_params={"EngineConfig.onnxruntime.intra_op_num_threads": 1}),
+        ),
+        ("2 engines x 1 thread (default), det_min_side 640", dict(workers=2)),
+        ("2 x 1, det_min_side 0 (never upscale)", dict(workers=2, det_min_side=0)),
+        (
+            "2 x 1, det_min_side 0, no direction classifier",
+            dict(workers=2, det_min_side=0, engine_params=nocls),
+        ),
+        (
+            "2 x 1, det_min_side 0, no cls, max_side 960",
+            dict(workers=2, det_min_side=0, max_side=960, engine_params=nocls),
+        ),
+    ]
+    print("| rapidocr options | photos img/s (per CPU-s) | text pages img/s (per CPU-s) |")
+    print("|---|---|---|")
+    ph, pages = photos(n), text_pages(n)
+    for name, kw in configs:
+        ocr = RapidOcr(**kw)
+        (pw, pc), (tw, tc) = (rate(lambda o=ocr, x=x: o.predict(x), n, secs) for x in (ph, pages))
+        print(f"| {name} | {pw:.2f} ({pc:.2f}) | {tw:.2f} ({tc:.2f}) |", flush=True)
+        ocr.close()
 
 
 def machine() -> str:
@@ -87,8 +132,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", nargs="*", default=["ocr", "tags", "embed", "yolo"])
     a = ap.parse_args()
-    print(f"machine: {machine()}\n")
-    print("| expert | batch | per-image calls, img/s | one batched call, img/s | ratio |")
+    print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}\n")
+    if "ocr-sweep" in a.only:
+        ocr_sweep(max(2, a.n // 4), a.seconds)
+        print()
+    print(
+        "| expert | batch | per-image calls, img/s (per CPU-s) | one batched call, img/s (per CPU-s) | ratio |"
+    )
     print("|---|---|---|---|---|")
     if "ocr" in a.only:
         from loupe.experts.ocr import RapidOcr
@@ -137,8 +187,26 @@ def main() -> None:
         # yolov8n architecture with random weights: same compute as the released yolov8n.pt
         yolo = YoloDetector("yolov8n.yaml", min_score=0.25, device=a.device)
         print(
-            compare(f"detect YOLOv8n 640 ({yolo.device})", yolo.predict, photos(a.n), a.seconds), flush=True
+            compare(
+                f"detect YOLOv8n 640 ({yolo.device}, micro-batch {yolo.micro_batch})",
+                yolo.predict,
+                photos(a.n),
+                a.seconds,
+            ),
+            flush=True,
         )
+        # what ultralytics' own batching gives: mixed shapes letterboxed to 640x640 squares together
+        yolo.micro_batch = a.n
+        print(
+            compare(
+                f"detect YOLOv8n 640 ({yolo.device}, ultralytics batch {a.n})",
+                yolo.predict,
+                photos(a.n),
+                a.seconds,
+            ),
+            flush=True,
+        )
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,15 @@ import numpy as np
 from PIL import Image
 
 from loupe.experts.base import Expert, round_box
-from loupe.experts.weights import hub_offline, local_path, pick_device, require_package, resolve_weights
+from loupe.experts.weights import (
+    hub_offline,
+    hub_snapshot,
+    local_path,
+    looks_like_hub_id,
+    pick_device,
+    require_package,
+    resolve_weights,
+)
 from loupe.pipeline.errors import ModelUnavailable, RecipeError
 
 YOLO_CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -40,15 +48,50 @@ def detection_rows(
     return rows
 
 
+def yolo_hub_file(spec: str) -> str:
+    """``[hf-hub:]org/name[/file.pt]`` -> the ``.pt`` file of that Hugging Face repo (local cache when
+    offline). Without a file name the repo must hold exactly one ``.pt``."""
+    parts = spec.removeprefix("hf-hub:").split("/")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    what = "detect backend 'yolo'"
+    if hub_offline():
+        folder = hub_snapshot(repo, what)
+    else:
+        require_package("huggingface_hub", "huggingface_hub", what)
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo, allow_patterns=[filename or "*.pt"]))
+    if filename:
+        found = [folder / filename] if (folder / filename).is_file() else []
+    else:
+        found = sorted(folder.rglob("*.pt"))
+    if len(found) != 1:
+        names = sorted(str(f.relative_to(folder)) for f in folder.rglob("*.pt"))
+        raise ModelUnavailable(
+            f"model: {spec!r} should name one YOLO .pt file in hub repo {repo!r}; it holds {names or 'none'}. "
+            f"Name the file: {repo}/<file>.pt"
+        )
+    return str(found[0])
+
+
+def is_hub_spec(spec: str) -> bool:
+    """``hf-hub:org/name[/file]``, or a bare ``org/name`` that is not a weights file name."""
+    return spec.startswith("hf-hub:") or (looks_like_hub_id(spec) and not spec.endswith((".pt", ".pth")))
+
+
 def yolo_weights(spec: str, base: Path | None = None) -> str:
     """A YOLO model field -> a local weights file, or a model config (.yaml: random weights, for tests).
 
-    Named weights (``yolov8n.pt``) are taken from the working folder or ultralytics' ``weights_dir``;
-    ultralytics would otherwise fetch them from GitHub, which we allow only when not offline.
+    Accepted: a path to a ``.pt``; a Hugging Face repo (``hf-hub:org/name/file.pt`` or ``org/name``
+    with one ``.pt``), read from the local cache when offline; a released name (``yolov8n.pt``)
+    taken from the recipe folder or ultralytics' ``weights_dir`` (ultralytics would otherwise fetch
+    it from GitHub, which we allow only when not offline).
     """
     p = local_path(spec, base)
     if p is not None:
         return str(p.resolve())
+    if is_hub_spec(spec):
+        return yolo_hub_file(spec)
     if spec.endswith(YOLO_CONFIG_SUFFIXES):
         return spec  # an architecture shipped with ultralytics (cfg/models/...), randomly initialised
     from ultralytics.utils import SETTINGS
@@ -192,7 +235,7 @@ def make_detector(config: Any, base: Path | None = None) -> Expert:
     """Build the detector of a recipe ``detect`` stage config (``DetectConfig``)."""
     c = config
     if c.backend == "yolo":
-        return YoloDetector(c.model, c.min_score, c.iou, c.max_boxes, c.device, base)
+        return YoloDetector(c.model, c.min_score, c.iou, c.max_boxes, c.device, base, imgsz=c.imgsz)
     if c.backend == "owlvit":
         model = c.model if c.model != "yolov8n.pt" else "google/owlv2-base-patch16"
         return OwlVitDetector(model, c.min_score, c.iou, c.max_boxes, c.queries, c.device, base)

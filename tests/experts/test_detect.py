@@ -78,6 +78,40 @@ def test_yolo_named_weights_missing_offline_is_a_clear_error(monkeypatch, tmp_pa
     assert yolo_weights("mine.pt", base=tmp_path) == str((tmp_path / "mine.pt").resolve())
 
 
+def fake_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """A Hugging Face cache entry laid out as ``hf download`` leaves it (refs/main -> snapshot)."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    for name, data in files.items():
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        (snap / name).write_bytes(data)
+    return snap
+
+
+def test_yolo_weights_from_the_hub_cache(monkeypatch, tmp_path):
+    pytest.importorskip("ultralytics")
+    import huggingface_hub.constants
+    from ultralytics import YOLO
+
+    weights = tmp_path / "tiny.pt"
+    YOLO("yolov8n.yaml").save(str(weights))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snap = fake_hub_cache(tmp_path / "hub", "acme/yolo-tiny", {"weights/best.pt": weights.read_bytes()})
+    assert yolo_weights("acme/yolo-tiny") == str(snap / "weights" / "best.pt")  # the repo's one .pt
+    assert yolo_weights("hf-hub:acme/yolo-tiny/weights/best.pt") == str(snap / "weights" / "best.pt")
+    det = YoloDetector("acme/yolo-tiny", min_score=0.0, device="cpu", imgsz=160)
+    assert det.model_id == "yolo:yolo-tiny" and len(det.predict(images()[:2])) == 2
+    fake_hub_cache(tmp_path / "hub", "acme/two", {"a.pt": b"x", "b.pt": b"y"})
+    with pytest.raises(ModelUnavailable, match=r"\['a.pt', 'b.pt'\]"):
+        yolo_weights("acme/two")
+    with pytest.raises(ModelUnavailable, match="hf download acme/absent"):
+        yolo_weights("acme/absent")
+
+
 @pytest.fixture(scope="module")
 def tiny_owl(tmp_path_factory) -> Path:
     pytest.importorskip("transformers")

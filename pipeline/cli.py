@@ -122,6 +122,9 @@ def _drop_summary(run) -> None:
         run,
         "SELECT stage, reason, count(*) AS n, min(detail) AS example FROM drops GROUP BY 1, 2 ORDER BY n DESC, 1, 2",
     ).to_pylist()
+    counts = run_query(run, "SELECT (SELECT count(*) FROM live) AS live, (SELECT count(*) FROM samples) AS n")
+    c = counts.to_pylist()[0]
+    err.print(f"live samples: {c['live']} of {c['n']} ingested")
     if not rows:
         err.print("drops: none")
         return
@@ -202,6 +205,7 @@ def schema(
 def report(
     run_dir: Path = typer.Argument(..., help="Run dir or runs/<recipe> for the newest."),
     output: Optional[Path] = typer.Option(None, help="Folder for index.html (default <run>/report)."),
+    max_samples: int = typer.Option(5000, help="Rows (and thumbnails) in the searchable samples table."),
 ) -> None:
     """Write a self-contained HTML report of a run (report/index.html)."""
     from loupe.pipeline.query import resolve_run
@@ -209,7 +213,7 @@ def report(
     try:
         from loupe.pipeline.report import build_report
 
-        path = build_report(resolve_run(run_dir), output)
+        path = build_report(resolve_run(run_dir), output, max_samples=max_samples)
     except LoupeError as e:
         _fail(e)
     out.print(f"report: {path}")

@@ -213,6 +213,8 @@ def test_report_of_a_run_without_optional_tables(tmp_path):
     assert "No captions in this run." in page and "No OCR or detection results" in page
     assert funnel_from_dom(page) == {"input": 4, "ingest": 4, "exact_dedup": 2}
     assert page.count('class="group"') == 2  # two duplicate groups, each a kept image + its copy
+    capped = build_report(run, tmp_path / "capped", max_samples=1).read_text(encoding="utf-8")
+    assert "Samples (first 1 of 4)" in capped and capped.count('<tr data-status="') == 1
 
 
 def test_report_rejects_a_folder_that_is_not_a_run(tmp_path):
@@ -248,6 +250,7 @@ def test_run_prints_summary_drop_reasons_and_report_hint(demo_cli_run):
     run, r, rep = demo_cli_run
     text = r.stdout + r.stderr
     assert "stages" in text and "exact_duplicate" in text and "decode_error" in text
+    assert "live samples: 33 of 36 ingested" in text
     assert "loupe report" in text and run.path.name in text
     assert str(run.path / "report" / "index.html") in rep.stdout.replace("\n", "")
 

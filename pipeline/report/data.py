@@ -219,13 +219,15 @@ def read_lengths(con: duckdb.DuckDBPyConnection, run: RunDir) -> tuple[list[int]
     return tokens, words, stats
 
 
-def read_image_bytes(con: duckdb.DuckDBPyConnection, uids: list[str], chunk: int = 256):
-    """Yield (uid, encoded image bytes) for ``uids``, a chunk at a time (images can be large)."""
-    for i in range(0, len(uids), chunk):
-        part = uids[i : i + chunk]
-        yield from con.execute(
-            "SELECT uid, image FROM samples WHERE list_contains(?, uid)", [part]
-        ).fetchall()
+def read_image_bytes(con: duckdb.DuckDBPyConnection, uids: list[str], chunk: int = 128):
+    """Yield (uid, encoded image bytes) for ``uids``: one scan of ``samples``, streamed in chunks
+    (images can be large, so they are never all in memory at once)."""
+    if not uids:
+        return
+    con.execute("CREATE OR REPLACE TEMP TABLE _report_uids AS SELECT unnest(?::VARCHAR[]) AS uid", [uids])
+    cur = con.execute("SELECT uid, image FROM samples WHERE uid IN (SELECT uid FROM _report_uids)")
+    while rows := cur.fetchmany(chunk):
+        yield from rows
 
 
 def read_report_data(con: duckdb.DuckDBPyConnection, run: RunDir, max_samples: int = 5000) -> ReportData:

@@ -29,7 +29,7 @@ from loupe.pipeline.recipe import load_recipe
 from loupe.pipeline.report import build_report
 from loupe.pipeline.report.images import OCR_COLOR, thumb_name
 from loupe.pipeline.rundir import RunDir
-from loupe.schemas.tables import DETECT, OCR
+from loupe.schemas.tables import CLUSTERS, DEDUP, DETECT, OCR
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,8 +40,10 @@ XSS = "<script>console.error('xss')</script>"
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def chromium(page: Path, tmp: Path, *flags: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run headless Chromium on a local page; stdout is the DOM with --dump-dom."""
+def chromium(
+    page: Path, tmp: Path, *flags: str, fragment: str = "", timeout: int = 120
+) -> subprocess.CompletedProcess:
+    """Run headless Chromium on a local page (``fragment``: URL part after #); stdout is the DOM with --dump-dom."""
     profile = tmp / f"chromium-profile-{time.monotonic_ns()}"
     cmd = [
         CHROMIUM,
@@ -55,7 +57,7 @@ def chromium(page: Path, tmp: Path, *flags: str, timeout: int = 120) -> subproce
         "--v=0",
         f"--user-data-dir={profile}",
         *flags,
-        page.resolve().as_uri(),
+        page.resolve().as_uri() + (f"#{fragment}" if fragment else ""),
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     shutil.rmtree(profile, ignore_errors=True)
@@ -158,6 +160,34 @@ def small_run(tmp_path_factory) -> RunDir:
     )
     run.commit("ocr", "ocr", ocr, None, [uid])
     run.commit("detect", "detect", det, None, [uid])
+    # A near-duplicate group and k-means clusters as phash / SemDeDup stages write them.
+    live = [r["uid"] for r in query(run, "SELECT uid FROM live ORDER BY source_id").to_pylist()]
+    near = pa.Table.from_pylist(
+        [
+            {
+                "uid": live[2],
+                "method": "phash",
+                "cluster": 7,
+                "duplicate_of": None,
+                "similarity": None,
+                "kept": True,
+            },
+            {
+                "uid": live[3],
+                "method": "phash",
+                "cluster": 7,
+                "duplicate_of": live[2],
+                "similarity": 0.97,
+                "kept": False,
+            },
+        ],
+        schema=DEDUP,
+    )
+    run.commit("phash", "dedup", near, None, live[2:4])  # no drop row: the funnel stays as it is
+    clusters = [
+        {"method": "semdedup", "cluster": i, "size": 5 - i, "representative": live[i]} for i in range(2)
+    ]
+    run.write_table("clusters", pa.Table.from_pylist(clusters, schema=CLUSTERS), stage="semdedup")
     return run
 
 
@@ -187,6 +217,10 @@ def test_report_escapes_user_text_and_draws_overlays(small_run, tmp_path):
     assert (tmp_path / "rep" / "plots" / "funnel.png").stat().st_size > 1000
     assert (tmp_path / "rep" / "plots" / "tokens.png").exists()
     assert (tmp_path / "rep" / "plots" / "caption_words.png").exists()
+    # duplicate groups of every method (1 exact + 1 phash, similarity shown), and the k-means clusters
+    assert page.count('class="group" data-method="exact"') == 1
+    assert page.count('class="group" data-method="phash"') == 1 and "sim 0.970" in page
+    assert 'id="cluster-table"' in page and "semdedup: 2 clusters" in page
 
 
 @needs_chromium
@@ -198,6 +232,13 @@ def test_small_report_in_browser_has_no_console_errors(small_run, tmp_path):
     attrs = body_attrs(r.stdout)
     assert attrs["data-images-ok"] == "true", attrs
     assert int(attrs["data-images-total"]) >= 6
+    assert re.search(r'id="sample-count"[^>]*>6 of 6 shown<', r.stdout)
+    # the filter, driven from the URL (index.html#q=...&status=...): by text, then by status
+    one = chromium(index, tmp_path, "--dump-dom", fragment="q=img_00001")
+    assert re.search(r'id="sample-count"[^>]*>1 of 6 shown<', one.stdout), one.stdout[-3000:]
+    dropped = chromium(index, tmp_path, "--dump-dom", fragment="status=dropped")
+    assert re.search(r'id="sample-count"[^>]*>1 of 6 shown<', dropped.stdout)  # the byte copy
+    assert re.search(r'<tr data-status="live"[^>]*style="display: none;"', dropped.stdout)
 
 
 def test_report_of_a_run_without_optional_tables(tmp_path):

@@ -1,4 +1,4 @@
-// Plain JS, no libraries. (1) Filter the samples table by text and status.
+// Plain JS, no libraries. (1) Filter the samples table by text and status (also from the URL).
 // (2) After load, record on <body> how long the page took and whether every image decoded,
 //     so a headless browser's --dump-dom can check both (tests/test_report.py).
 (function () {
@@ -20,6 +20,10 @@
     }
     if (count) { count.textContent = shown + " of " + rows.length + " shown"; }
   }
+  // A link can carry a filter: index.html#q=chelsea&status=dropped
+  var params = new URLSearchParams(window.location.hash.slice(1));
+  if (text && params.get("q")) { text.value = params.get("q"); }
+  if (status && params.get("status")) { status.value = params.get("status"); }
   if (text) { text.addEventListener("input", apply); }
   if (status) { status.addEventListener("change", apply); }
   apply();

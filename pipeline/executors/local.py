@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loupe.pipeline.evidence import attach_evidence
-from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split
+from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
 from loupe.pipeline.stage import StageOutput
 
@@ -118,7 +118,7 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
             out = stage(batch) if sp.is_global else call_with_oom_split(stage, batch)
             r, d = _commit(plan, sp.id, sp.table, out, uids)
             rows, drops, splits = rows + r, drops + d, splits + out.metrics.pop(OOM_SPLITS, 0)
-            extra.update(out.metrics)
+            merge_metrics(extra, out.metrics)  # per-batch counts add up to the stage's
             done_n = int(progress.tasks[task].completed) + len(uids)
             progress.update(task, advance=len(uids), drops=drops, rate=_rate(done_n, time.time() - t0))
         close = getattr(stage, "close", None)

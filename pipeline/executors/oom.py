@@ -66,6 +66,21 @@ def _concat(tables: list[pa.Table | None]) -> pa.Table | None:
     return pa.concat_tables(present, promote_options="default")
 
 
+def merge_metrics(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Fold one batch's metrics into a stage's: numbers are summed, anything else keeps its first value.
+
+    Both executors use it across batches, and :func:`merge_outputs` across the halves of a split batch,
+    so a count a stage reports per batch ends up as the stage's total however the rows were batched.
+    """
+    for k, v in new.items():
+        old = into.get(k)
+        if k in into and isinstance(v, Number) and isinstance(old, Number) and not isinstance(v, bool):
+            into[k] = old + v
+        else:
+            into.setdefault(k, v)
+    return into
+
+
 def merge_outputs(parts: list[tuple[StageOutput, pa.Table]]) -> StageOutput:
     """Concatenate the outputs of sub-batches (``(output, its input batch)`` pairs, in order).
 
@@ -81,11 +96,7 @@ def merge_outputs(parts: list[tuple[StageOutput, pa.Table]]) -> StageOutput:
             covered.extend(o.covered if o.covered is not None else _uids(b))
     metrics: dict[str, Any] = {}
     for o in outs:
-        for k, v in o.metrics.items():
-            if k in metrics and isinstance(v, Number) and isinstance(metrics[k], Number):
-                metrics[k] = metrics[k] + v
-            else:
-                metrics.setdefault(k, v)
+        merge_metrics(metrics, o.metrics)
     return StageOutput(
         rows=_concat([o.rows for o in outs]),
         drops=_concat([o.drops for o in outs]),

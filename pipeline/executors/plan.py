@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_ids
 from loupe.pipeline.registry import STAGES, _load, source_class
 from loupe.pipeline.rundir import RunDir
@@ -43,7 +45,16 @@ class Plan:
 
 
 def run_root(loaded: LoadedRecipe, output: str | None = None) -> Path:
-    return loaded.resolve(output or loaded.recipe.output) / loaded.recipe.name
+    """``<output>/<recipe name>``; ``output`` (the ``--output`` flag) overrides the recipe's field."""
+    where = output or loaded.recipe.output
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", where):
+        # RunDir commits by atomic rename (os.replace), which object stores do not offer.
+        field = "--output" if output else "output"
+        raise LoupeError(
+            f"{field}: {where!r}: URIs (s3://, gs://, file://, ...) are not supported; give a filesystem "
+            "path (on a cluster, one every node mounts at the same path, e.g. NFS)"
+        )
+    return loaded.resolve(where) / loaded.recipe.name
 
 
 def make_plan(loaded: LoadedRecipe, output: str | None = None) -> Plan:

@@ -15,16 +15,17 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
   ``num_cpus``/``num_gpus`` — the same code as the local executor, on a worker.
 
 Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's
-rerun skips every committed uid. Ray Data restarts a crashed actor and retries its batch; a batch
-whose commit had landed just before the crash would then be written twice, so a *reconstructed*
-actor first reloads the stage's done uids and skips them. And a stopped job's actors may outlive
+rerun skips every committed uid (except for ``rerun_all`` stages such as export, which see every live
+uid on every run, as in the local executor). Ray Data restarts a crashed actor and retries its batch;
+a batch whose commit had landed just before the crash would then be written twice, so a
+*reconstructed* actor first reloads the uids this run of the stage already committed and skips them. And a stopped job's actors may outlive
 its driver by a moment: every driver writes a fresh owner token into the run dir, and workers
 refuse to commit once the token is no longer theirs (:class:`FencedRunDir`), so a resubmitted
 job never races a dying one.
 
 The run directory must be on a filesystem every node sees at the same path (a local path on one
-machine; NFS/Lustre/a FUSE mount on a cluster). Object-store URIs (``s3://``) are not supported:
-:class:`RunDir` is built on ``pathlib``.
+machine; NFS/Lustre/a FUSE mount on a cluster). Object-store URIs (``s3://``) are refused by
+:func:`~loupe.pipeline.executors.plan.make_plan`: :class:`RunDir` commits by atomic rename.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import uuid
 import warnings
@@ -49,9 +49,9 @@ from rich.progress import Progress
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.evidence import attach_evidence
 from loupe.pipeline.executors.local import _commit, _progress, _rate, run_ingest, run_stage
-from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split
+from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
-from loupe.pipeline.rundir import RunDir, atomic_write_text
+from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
 
 #: Paths a ``ray job submit --working-dir`` upload should never carry (environments, outputs, caches).
 JOB_EXCLUDES = [
@@ -166,10 +166,19 @@ def _keep_todo(batch: pa.Table, todo: Any) -> pa.Table:
     return batch.filter(pc.is_in(batch["uid"], value_set=uids))
 
 
+def committed_since(run: RunDir, sp: StagePlan, baseline: frozenset[str]) -> set[str]:
+    """uids covered by the stage's shards that are not in ``baseline`` (shard names at stage start)."""
+    done: set[str] = set()
+    for f in run.shard_files(sp.table, sp.id):
+        if f.name not in baseline:
+            done.update(json.loads((pq.read_schema(f).metadata or {}).get(COVERED_KEY, b"[]")))
+    return done
+
+
 class StageWorker:
     """One actor of a per-row stage: builds the stage once, commits each batch itself."""
 
-    def __init__(self, plan: Plan, stage_id: str):
+    def __init__(self, plan: Plan, stage_id: str, baseline: frozenset[str] = frozenset()):
         import ray
 
         _apply_env()
@@ -183,8 +192,8 @@ class StageWorker:
             self.reconstructed = bool(ctx.was_current_actor_reconstructed)
         if self.reconstructed:
             # A batch of the crashed incarnation may have committed before the crash; its retry must
-            # not write it again.
-            self.skip = pa.array(sorted(plan.run.done_uids(self.sp.id, self.sp.table)), pa.string())
+            # not write it again. Only this run's shards count: a rerun_all stage redoes older ones.
+            self.skip = pa.array(sorted(committed_since(plan.run, self.sp, baseline)), pa.string())
         self.where = f"{ctx.get_node_id()[:8]}:{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -277,7 +286,8 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
     t0 = time.time()
     live = run.live_uids()
     done = run.done_uids(sp.id, sp.table)
-    todo = live - done
+    todo = live if sp.cls.rerun_all else live - done
+    baseline = frozenset(f.name for f in run.shard_files(sp.table, sp.id))
     task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
     run.update_stage(sp.id, status="running", table=sp.table)
     res = sp.config.resources
@@ -303,7 +313,7 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
         ds = ds.repartition(target_num_rows_per_block=sp.config.batch_size)
         ds = ds.map_batches(
             StageWorker,
-            fn_constructor_kwargs={"plan": plan, "stage_id": sp.id},
+            fn_constructor_kwargs={"plan": plan, "stage_id": sp.id, "baseline": baseline},
             batch_size=sp.config.batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -315,7 +325,7 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
                 n, rows, drops = n + r["n"], rows + r["rows"], drops + r["drops"]
                 splits += r[OOM_SPLITS]
                 busy += r["seconds"]
-                extra.update(json.loads(r["metrics"]))
+                merge_metrics(extra, json.loads(r["metrics"]))
                 workers.add(r["worker"])
                 if r["restarted"]:
                     restarted.add(r["worker"])
@@ -360,15 +370,8 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
 
 
 def check_run_dir(plan: Plan, console: Console) -> None:
-    """Refuse object-store URIs; warn when the run dir would live inside a job's uploaded copy."""
-    parts = plan.run.path.parts
-    scheme = next((p for p in parts if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:", p)), None)
-    if scheme:
-        raise LoupeError(
-            f"output: {scheme}// URIs are not supported (run dir resolved to {plan.run.path}); "
-            "the run dir must be a filesystem path every Ray node sees, e.g. an NFS mount"
-        )
-    if "runtime_resources" in parts:
+    """Warn when the run dir would live inside a job's uploaded copy (``make_plan`` refuses URIs)."""
+    if "runtime_resources" in plan.run.path.parts:
         console.print(
             f"[yellow]warning:[/yellow] the run dir {plan.run.path} is inside this job's uploaded working "
             "dir: it is node-local and deleted with the Ray session. Pass --output /shared/path.",

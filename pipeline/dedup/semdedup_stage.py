@@ -44,7 +44,7 @@ class SemDedupStage(Stage):
 
     def __call__(self, batch: pa.Table) -> StageOutput:
         cfg = self.config
-        batch_uids = batch["uid"].to_pylist()
+        batch_uids = sorted(batch["uid"].to_pylist())  # same result whatever the shard order
         earlier = kept_before(self.ctx, self.table, batch_uids)
         vec = load_vectors(self.ctx.run, earlier + batch_uids, "image")
         old = set(earlier)

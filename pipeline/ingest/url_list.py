@@ -199,25 +199,19 @@ class UrlList(Source):
         table = self.url_table()
         urls = table["url"].to_pylist()
         drops: list[dict] = []
-        todo: dict[str, int] = {}  # uid -> row index, first listing wins
-        seen: set[str] = set()
+        index: dict[str, int] = {}  # uid -> row index, first listing wins
         for i, url in enumerate(urls):
             if not url or not url.strip():
                 uid = url_uid(self.name, f"<row {i}: empty url>")
                 if uid not in skip:
                     drops.append(self._drop(uid, "invalid_url", f"row {i}: empty {cfg.url_col!r}"))
                 continue
-            uid = url_uid(self.name, url)
-            if uid in seen:
-                continue  # listed twice: one sample
-            seen.add(uid)
-            if uid not in skip:
-                todo[uid] = i
-        retry = self._failed_before(seen & skip)
-        todo.update(self._indices(urls, retry))
+            index.setdefault(url_uid(self.name, url), i)  # listed twice: one sample
+        retry = self._failed_before(skip.intersection(index))
+        todo = {u: i for u, i in index.items() if u not in skip or u in retry}
 
         if not cfg.allow_private_urls:
-            ssrf.prefetch({urlsplit(urls[i]).hostname or "" for i in todo.values()} - {""}, cfg.thread_count)
+            ssrf.prefetch({_host(urls[i]) for i in todo.values()} - {""}, cfg.thread_count)
         fetch: dict[str, int] = {}
         for uid, i in todo.items():
             verdict = ssrf.url_refusal(urls[i]) if not cfg.allow_private_urls else _scheme_refusal(urls[i])
@@ -229,17 +223,6 @@ class UrlList(Source):
             yield StageOutput(drops=drops_table(drops[k : k + BATCH]))
         if fetch:
             yield from self._download(table.take(pa.array(sorted(fetch.values()), pa.int64())), retry)
-
-    def _indices(self, urls: list[str | None], uids: set[str]) -> dict[str, int]:
-        if not uids:
-            return {}
-        out: dict[str, int] = {}
-        for i, u in enumerate(urls):
-            if u:
-                uid = url_uid(self.name, u)
-                if uid in uids and uid not in out:
-                    out[uid] = i
-        return out
 
     def _drop(self, uid: str, reason: str, detail: str | None) -> dict:
         return {"uid": uid, "stage": "ingest", "reason": reason, "detail": detail}
@@ -408,6 +391,13 @@ class UrlList(Source):
             "conversations": None,
             "meta": json.dumps(meta),
         }, None
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
 
 
 def _scheme_refusal(url: str) -> tuple[str, str] | None:

@@ -314,12 +314,20 @@ def test_url_table_formats_and_column_errors(tmp_path):
 
 def test_duplicates_and_empty_urls_without_download(tmp_path):
     """Refused and invalid rows never start img2dataset; a URL listed twice is one sample."""
-    urls = ["http://10.0.0.1/a.jpg", "http://10.0.0.1/a.jpg", "", None, "http://127.0.0.1/b.jpg"]
+    urls = [
+        "http://10.0.0.1/a.jpg",
+        "http://10.0.0.1/a.jpg",
+        "",
+        None,
+        "http://127.0.0.1/b.jpg",
+        "http://[::1/x",
+    ]
     pq.write_table(pa.table({"url": pa.array(urls, pa.string())}), tmp_path / "u.parquet")
     src = _src(tmp_path, path="u.parquet", caption_col=None)
     drops = pa.concat_tables([o.drops for o in src.read(set())]).to_pylist()
-    assert [d["reason"] for d in drops] == ["invalid_url", "invalid_url", "ssrf_refused", "ssrf_refused"]
-    assert len({d["uid"] for d in drops}) == 4
+    reasons = ["invalid_url", "invalid_url", "ssrf_refused", "ssrf_refused", "invalid_url"]
+    assert [d["reason"] for d in drops] == reasons
+    assert len({d["uid"] for d in drops}) == 5
     skip = {d["uid"] for d in drops}
     assert list(src.read(skip)) == []  # refusals are final: not retried
 

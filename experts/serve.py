@@ -93,9 +93,21 @@ class Batcher:
                 results = self.model.complete([m for m, _, _ in batch], key)
                 for (_, _, fut), res in zip(batch, results):
                     fut.set_result(res)
-            except Exception as e:  # answer every request in the batch; the server keeps running
-                for _, _, fut in batch:
-                    fut.set_exception(e)
+            except Exception as e:
+                self._one_by_one(batch, e)
+
+    def _one_by_one(self, batch: list, batch_error: Exception) -> None:
+        """After a failed batch, each request alone: one that still fails while others pass is that
+        request's fault (400, e.g. too long), like vLLM's input errors; if all fail, the server's (500)."""
+        errors = []
+        for messages, max_tokens, fut in batch:
+            try:
+                fut.set_result(self.model.complete([messages], max_tokens)[0])
+            except Exception as e:
+                errors.append((fut, e))
+        for fut, e in errors:
+            alone = len(batch) > 1 and len(errors) < len(batch)
+            fut.set_exception(BadRequest(f"{type(e).__name__}: {e}") if alone else e)
 
 
 def make_handler(served: str, batcher: Batcher, default_max: int) -> type[BaseHTTPRequestHandler]:
@@ -137,6 +149,8 @@ def make_handler(served: str, batcher: Batcher, default_max: int) -> type[BaseHT
                 return self._error(e.status, str(e))
             try:
                 c: Completion = batcher.submit(messages, max_tokens).result()
+            except BadRequest as e:
+                return self._error(e.status, str(e))
             except Exception as e:
                 return self._error(500, f"{type(e).__name__}: {e}")
             self._send(200, {

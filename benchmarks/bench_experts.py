@@ -94,22 +94,18 @@ def ocr_sweep(n: int, repeats: int) -> None:
     from loupe.experts.ocr import RapidOcr
 
     nocls = {"Global.use_cls": False}
+    one = {"EngineConfig.onnxruntime.intra_op_num_threads": 1}
     configs = [
-        ("1 engine, onnxruntime threads = cores, det_min_side 640", dict(workers=1)),
+        ("1 engine, onnxruntime threads = cores, det_min_side 640", dict(workers=1, det_min_side=640)),
         (
             "1 engine, onnxruntime 1 thread, det_min_side 640",
-            dict(workers=1, engine_params={"EngineConfig.onnxruntime.intra_op_num_threads": 1}),
+            dict(workers=1, det_min_side=640, engine_params=one),
         ),
-        ("2 engines x 1 thread (default), det_min_side 640", dict(workers=2)),
+        ("2 engines x 1 thread, det_min_side 640 (default)", dict(workers=2, det_min_side=640)),
         ("2 x 1, det_min_side 0 (never upscale)", dict(workers=2, det_min_side=0)),
-        (
-            "2 x 1, det_min_side 0, no direction classifier",
-            dict(workers=2, det_min_side=0, engine_params=nocls),
-        ),
-        (
-            "2 x 1, det_min_side 0, no cls, max_side 960",
-            dict(workers=2, det_min_side=0, max_side=960, engine_params=nocls),
-        ),
+        ("2 x 1, det_min_side 0, no direction classifier", dict(workers=2, engine_params=nocls)),
+        ("2 x 1, det_min_side 0, no cls, max_side 960", dict(workers=2, max_side=960, engine_params=nocls)),
+        ("1 engine, onnxruntime threads = cores, det_min_side 0", dict(workers=1)),
     ]
     print("| rapidocr options | photos img/s (per CPU-s) | text pages img/s (per CPU-s) |")
     print("|---|---|---|")

@@ -34,9 +34,9 @@ MIN_SIDE = 32
 # (skimage's coffee photo is read as "8" at 0.90 with a 0.504 box).
 DET_BOX_THRESH = 0.6
 # Short side small images are upscaled to for the text detector (0 = never; rapidocr's own rule is 736).
-# Upscaling to 640 cost 1.6x (text pages) to 2.6x (photos) the CPU time and read no more words: 100%
-# of 480 rendered words (8-34 px, 5 fonts) and every demo sign word either way (docs/benchmarks.md).
-DET_MIN_SIDE = 0
+# 0 costs 1.9x (text pages) to 2.6x (photos) less CPU and reads rendered text and signs as well, but
+# garbles skimage's 191 px scanned page and reads the coffee photo's cup as "8" (docs/benchmarks.md).
+DET_MIN_SIDE = 640
 
 
 def quad_to_box(quad: Any) -> tuple[float, float, float, float]:
@@ -155,8 +155,8 @@ class RapidOcr(Expert):
     ):
         """``workers``: images OCR'd at once, each by its own engine with one onnxruntime thread
         (default: the CPUs this process may use, at most 4; one engine on a GPU). On 2 cores this
-        reads 1.3x (text pages) to 1.8x (photos) more images per second than one engine using both
-        cores. ``det_min_side``: short side small images are upscaled to for the text detector
+        reads 1.07x (photos) to 1.3x (text pages) more images per second than one engine using both
+        cores (docs/benchmarks.md). ``det_min_side``: short side small images are upscaled to for the text detector
         (0 = never upscale). ``engine_params``: extra rapidocr settings (``"Global.use_cls": False``)."""
         require_package("rapidocr", "rapidocr", "OCR backend 'rapidocr'")
         use_cuda = onnx_cuda(device)

@@ -190,7 +190,7 @@ class OcrConfig(StageConfig):
     min_score: float = Field(0.5, ge=0, le=1, description="Drop lines recognised below this confidence.")
     max_side: int = Field(1600, ge=32, description="Resize so the long side is at most this before OCR.")
     det_min_side: int = Field(
-        0, ge=0, description="Upscale small images so the text detector sees this short side; 0 = never."
+        640, ge=0, description="Upscale small images so the text detector sees this short side; 0 = never."
     )
     workers: int | None = Field(
         None, ge=1, description="Images OCR'd in parallel (one 1-thread engine each); null = CPUs, max 4."

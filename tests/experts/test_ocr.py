@@ -58,7 +58,7 @@ def words_of(rows: list[dict]) -> set[str]:
     return {w.lower() for r in rows for w in re.findall(r"[A-Za-z0-9_]+", r["text"])}
 
 
-@pytest.mark.slow  # 15 rendered pages: ~20 s on 2 idle cores, more on a busy machine
+@pytest.mark.slow  # 15 rendered pages: ~7 s on 2 idle cores, minutes at load 30
 def test_rendered_text_recall_several_fonts_and_sizes(ocr):
     cases = [(name, path, size) for name, path in fonts() for size in (14, 22, 34)]
     images, truth = zip(*(render(path, size, seed=i) for i, (_, path, size) in enumerate(cases)))

@@ -56,10 +56,15 @@ def main() -> None:
     cpu_rate, cpu_top = bench("cpu", imgs[: min(args.n, 256)], 32)
     print(f"cpu  batch 32: {cpu_rate:8.1f} img/s")
     if torch.cuda.is_available():
+        one_rate, _ = bench("cuda", imgs[:256], 1)
+        print(f"cuda per-image calls: {one_rate:8.1f} img/s")
         for b in (int(x) for x in args.batches.split(",")):
             rate, top = bench("cuda", imgs, b)
             agree = sum(a == c for a, c in zip(top, cpu_top)) / len(cpu_top)
-            print(f"cuda batch {b}: {rate:8.1f} img/s  ({rate / cpu_rate:.1f}x cpu; top-1 agreement {agree:.3f})")
+            print(
+                f"cuda batch {b}: {rate:8.1f} img/s  ({rate / one_rate:.1f}x per-image calls, "
+                f"{rate / cpu_rate:.1f}x cpu; top-1 agreement {agree:.3f})"
+            )
 
 
 if __name__ == "__main__":

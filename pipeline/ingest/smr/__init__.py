@@ -19,6 +19,7 @@ import importlib
 import json
 from collections.abc import Iterator
 from types import ModuleType
+from typing import get_args
 
 import pyarrow as pa
 
@@ -26,6 +27,7 @@ from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.images import DecodeError, decode
 from loupe.pipeline.ingest.smr.base import AdapterError, SmrRecord
 from loupe.pipeline.stage import Source, StageOutput
+from loupe.schemas.recipe import SmrDataset
 from loupe.schemas.tables import SAMPLES, drops_table
 from loupe.schemas.uid import record_uid, sha256_hex
 
@@ -34,22 +36,7 @@ __all__ = ["ADAPTERS", "Smr", "SmrRecord", "adapter"]
 BATCH = 64
 
 #: recipe ``dataset`` -> adapter module (imported lazily: only the datasets a recipe names load)
-ADAPTERS: dict[str, str] = {
-    name: f"loupe.pipeline.ingest.smr.{name}"
-    for name in (
-        "arxivqa",
-        "dvqa",
-        "chartqa",
-        "geometry3k",
-        "geoqa3",
-        "mathvision",
-        "scienceqa",
-        "tabmwp",
-        "textbookqa",
-        "ai2d",
-        "geoqa_plus",
-    )
-}
+ADAPTERS: dict[str, str] = {name: f"loupe.pipeline.ingest.smr.{name}" for name in get_args(SmrDataset)}
 
 
 def adapter(dataset: str) -> ModuleType:

@@ -65,7 +65,9 @@ def run(
         None, help="local (in-process, default) or ray; overrides the recipe."
     ),
     address: Optional[str] = typer.Option(None, help="Ray address for --executor ray, e.g. auto."),
-    output: Optional[str] = typer.Option(None, help="Root folder for runs; overrides the recipe's `output`."),
+    output: Optional[str] = typer.Option(
+        None, help="Root folder or URI (s3://, gs://, ...) for runs; overrides the recipe's `output`."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Run a recipe. Re-running the same recipe resumes its run directory: finished work is skipped."""
@@ -93,7 +95,10 @@ def run(
         _fail(e)
     _summary(metrics)
     _drop_summary(plan.run)
-    out.print(f"run dir: {plan.run.path}")
+    if plan.remote is not None:
+        out.print(f"run dir: {plan.remote.uri} (local copy: {plan.run.path})")
+    else:
+        out.print(f"run dir: {plan.run.path}")
     out.print(f"report:  loupe report {plan.run.path}")
 
 
@@ -137,9 +142,22 @@ def _drop_summary(run) -> None:
     err.print(t)
 
 
+def _resolve_run(run_dir: str):
+    """The local run dir of a ``query``/``report`` argument; a URI gets a clear error."""
+    from loupe.pipeline.query import resolve_run
+    from loupe.pipeline.remote import is_uri
+
+    if is_uri(run_dir):
+        raise LoupeError(
+            f"{run_dir!r} is a URI: query and report read a local run dir. Use the local copy that "
+            "`loupe run` printed, or download the run dir first (e.g. aws s3 sync / gcloud storage rsync)"
+        )
+    return resolve_run(run_dir)
+
+
 @app.command()
 def query(
-    run_dir: Path = typer.Argument(
+    run_dir: str = typer.Argument(
         ..., help="Run dir (runs/<recipe>/<hash>) or runs/<recipe> for the newest."
     ),
     sql: str = typer.Argument(
@@ -152,10 +170,9 @@ def query(
 ) -> None:
     """Query every table of a run with duckdb (binary columns are shown as their size)."""
     from loupe.pipeline.query import query as run_query
-    from loupe.pipeline.query import resolve_run
 
     try:
-        result = run_query(resolve_run(run_dir), sql)
+        result = run_query(_resolve_run(run_dir), sql)
     except LoupeError as e:
         _fail(e)
     rows = result.to_pylist()
@@ -203,17 +220,15 @@ def schema(
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="Run dir or runs/<recipe> for the newest."),
+    run_dir: str = typer.Argument(..., help="Run dir or runs/<recipe> for the newest."),
     output: Optional[Path] = typer.Option(None, help="Folder for index.html (default <run>/report)."),
     max_samples: int = typer.Option(5000, help="Rows (and thumbnails) in the searchable samples table."),
 ) -> None:
     """Write a self-contained HTML report of a run (report/index.html)."""
-    from loupe.pipeline.query import resolve_run
-
     try:
         from loupe.pipeline.report import build_report
 
-        path = build_report(resolve_run(run_dir), output, max_samples=max_samples)
+        path = build_report(_resolve_run(run_dir), output, max_samples=max_samples)
     except LoupeError as e:
         _fail(e)
     out.print(f"report: {path}")

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from loupe.pipeline.evidence import attach_evidence
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
-from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
 from loupe.pipeline.stage import StageOutput
 
 
@@ -133,11 +133,14 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
 
 def run_local(plan: Plan, console: Console | None = None, quiet: bool = False) -> dict[str, dict]:
     console = console or Console(stderr=True)
-    open_run(plan, "local")
     metrics: dict[str, dict] = {}
-    with _progress(console, quiet) as progress:
-        metrics["ingest"] = run_ingest(plan, progress)
-        for sp in plan.stages:
-            metrics[sp.id] = run_stage(plan, sp, progress)
-    plan.run.update_manifest(status="complete")
+    with remote_sync(plan, console):
+        open_run(plan, "local")
+        with _progress(console, quiet) as progress:
+            metrics["ingest"] = run_ingest(plan, progress)
+            plan.on_stage_done("ingest")
+            for sp in plan.stages:
+                metrics[sp.id] = run_stage(plan, sp, progress)
+                plan.on_stage_done(sp.id)
+        plan.run.update_manifest(status="complete")
     return metrics

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import platform
-import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_ids
 from loupe.pipeline.registry import STAGES, _load, source_class
+from loupe.pipeline.remote import RemoteRun, is_uri
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
 
@@ -33,6 +35,18 @@ class Plan:
     run: RunDir
     lineage: str
     stages: list[StagePlan] = field(default_factory=list)
+    #: set when the output is a URI: ``run`` is then a local staging dir mirrored to it
+    remote: RemoteRun | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the run's outputs end up: the run dir, or its URI."""
+        return self.remote.uri if self.remote else str(self.run.path)
+
+    def on_stage_done(self, stage_id: str) -> None:
+        """Called by the executors (on the driver) after each stage: uploads to the remote, if any."""
+        if self.remote is not None:
+            self.remote.upload(self.run.path)
 
     def context(self, stage_id: str) -> StageContext:
         return StageContext(
@@ -45,22 +59,25 @@ class Plan:
 
 
 def run_root(loaded: LoadedRecipe, output: str | None = None) -> Path:
-    """``<output>/<recipe name>``; ``output`` (the ``--output`` flag) overrides the recipe's field."""
+    """``<output>/<recipe name>`` for a local output; ``output`` (``--output``) overrides the recipe's."""
     where = output or loaded.recipe.output
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", where):
-        # RunDir commits by atomic rename (os.replace), which object stores do not offer.
-        field = "--output" if output else "output"
-        raise LoupeError(
-            f"{field}: {where!r}: URIs (s3://, gs://, file://, ...) are not supported; give a filesystem "
-            "path (on a cluster, one every node mounts at the same path, e.g. NFS)"
-        )
+    if is_uri(where):
+        raise LoupeError(f"{'--output' if output else 'output'}: {where!r} is a URI, not a local path")
     return loaded.resolve(where) / loaded.recipe.name
 
 
 def make_plan(loaded: LoadedRecipe, output: str | None = None) -> Plan:
+    """The plan of a recipe. A URI output (s3://, gs://, file://, ...) runs in a local staging dir
+    (``loupe.pipeline.remote``) that :func:`remote_sync` mirrors to it; RunDir needs atomic renames."""
     lineage = lineage_hash(loaded)
-    run = RunDir(run_root(loaded, output) / lineage)
-    plan = Plan(loaded=loaded, run=run, lineage=lineage)
+    where = output or loaded.recipe.output
+    remote = None
+    if is_uri(where):
+        remote = RemoteRun(where, loaded.recipe.name, lineage, field="--output" if output else "output")
+        run = RunDir(remote.staging)
+    else:
+        run = RunDir(run_root(loaded, output) / lineage)
+    plan = Plan(loaded=loaded, run=run, lineage=lineage, remote=remote)
     for sid, cfg in zip(stage_ids(loaded.recipe), loaded.recipe.stages):
         cls = _load(STAGES[cfg.stage])
         plan.stages.append(
@@ -75,6 +92,31 @@ def make_plan(loaded: LoadedRecipe, output: str | None = None) -> Plan:
             )
         )
     return plan
+
+
+@contextmanager
+def remote_sync(plan: Plan, console: Any = None) -> Iterator[None]:
+    """Around a run with a URI output: copy the remote run dir down first, upload at the end, and
+    (best effort) on failure or Ctrl-C too, so committed shards are not lost. No-op for a local output."""
+    if plan.remote is None:
+        yield
+        return
+    plan.run.path.mkdir(parents=True, exist_ok=True)
+    plan.remote.download(plan.run.path)
+    try:
+        yield
+    except BaseException:
+        try:
+            plan.remote.upload(plan.run.path)
+        except Exception as e:  # keep the run's own error; the staging dir still holds the shards
+            if console is not None:
+                console.print(
+                    f"[yellow]warning:[/yellow] upload to {plan.remote.uri} failed ({e}); finished shards "
+                    f"are in {plan.run.path} and upload on the next run",
+                    highlight=False,
+                )
+        raise
+    plan.remote.upload(plan.run.path)
 
 
 def open_run(plan: Plan, executor: str) -> None:

@@ -24,8 +24,9 @@ refuse to commit once the token is no longer theirs (:class:`FencedRunDir`), so 
 job never races a dying one.
 
 The run directory must be on a filesystem every node sees at the same path (a local path on one
-machine; NFS/Lustre/a FUSE mount on a cluster). Object-store URIs (``s3://``) are refused by
-:func:`~loupe.pipeline.executors.plan.make_plan`: :class:`RunDir` commits by atomic rename.
+machine; NFS/Lustre/a FUSE mount on a cluster). A URI output (``s3://``, ``gs://``, ...) runs in a
+local staging dir mirrored to the URI after every stage (:mod:`loupe.pipeline.remote`): on a
+multi-node cluster, point ``LOUPE_STAGING_DIR`` at a shared mount, since workers commit into it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.evidence import attach_evidence
 from loupe.pipeline.executors.local import _commit, _progress, _rate, run_ingest, run_stage
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
-from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, stage_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
 from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
 
 #: Paths a ``ray job submit --working-dir`` upload should never carry (environments, outputs, caches).
@@ -382,7 +383,7 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
 
 
 def check_run_dir(plan: Plan, console: Console) -> None:
-    """Warn when the run dir would live inside a job's uploaded copy (``make_plan`` refuses URIs)."""
+    """Warn when the run dir would live inside a job's uploaded copy (node-local, deleted with the job)."""
     if "runtime_resources" in plan.run.path.parts:
         console.print(
             f"[yellow]warning:[/yellow] the run dir {plan.run.path} is inside this job's uploaded working "
@@ -409,19 +410,24 @@ def run_ray(
         ctx.print_on_execution_start = False
         if quiet:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-        # Own the run dir before open_run cleans up orphans: a stopped job's late workers must not
-        # commit into the state this run is about to read.
-        plan = fenced(plan)
-        open_run(plan, "ray")
         metrics: dict[str, dict] = {}
-        with _progress(console, quiet) as progress:
-            metrics["ingest"] = run_ingest(plan, progress)
-            for i, sp in enumerate(plan.stages):
-                if sp.is_global:
-                    metrics[sp.id] = run_global_stage(plan, sp, progress)
-                else:
-                    metrics[sp.id] = run_map_stage(plan, sp, i, progress)
-        plan.run.update_manifest(status="complete")
+        # A URI output: the staging dir is copied down first (before fencing, so the remote never
+        # overwrites this driver's owner token) and uploaded after each stage.
+        with remote_sync(plan, console):
+            # Own the run dir before open_run cleans up orphans: a stopped job's late workers must not
+            # commit into the state this run is about to read.
+            plan = fenced(plan)
+            open_run(plan, "ray")
+            with _progress(console, quiet) as progress:
+                metrics["ingest"] = run_ingest(plan, progress)
+                plan.on_stage_done("ingest")
+                for i, sp in enumerate(plan.stages):
+                    if sp.is_global:
+                        metrics[sp.id] = run_global_stage(plan, sp, progress)
+                    else:
+                        metrics[sp.id] = run_map_stage(plan, sp, i, progress)
+                    plan.on_stage_done(sp.id)
+            plan.run.update_manifest(status="complete")
         return metrics
     finally:
         if ours:

@@ -310,7 +310,12 @@ class Recipe(Strict):
 
     name: str = Field(description="Recipe name; runs go to <output>/<name>/<lineage-hash>/.")
     description: str = Field("", description="Free text.")
-    output: str = Field("runs", description="Root folder for runs, relative to the recipe file.")
+    output: str = Field(
+        "runs",
+        description="Root folder for runs, relative to the recipe file, or a URI (s3://, gs://, file://, "
+        "any fsspec protocol): the run then executes in a local staging dir ($LOUPE_STAGING_DIR, default "
+        "~/.cache/loupe/staging) uploaded to <output>/<name>/<lineage-hash>/ after every stage.",
+    )
     sources: list[SourceConfig] = Field(min_length=1, description="Where samples come from.")
     stages: list[StageEntry] = Field([], description="Stages run in order after ingest.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Default executor.")

@@ -274,7 +274,9 @@ def test_ray_executor_in_process_matches_local_with_two_actors(tmp_path, demo_im
     m = plan.run.manifest()
     assert m["executor"] == "ray" and m["status"] == "complete"
     hungry = m["stages"]["hungry"]
-    assert hungry["actors"] == hungry["workers"] == 2  # both actors got batches
+    # a pool of 2 actors was started; how Ray Data spreads the batches over them depends on timing
+    # (on a loaded box one actor may take them all), so only the pool size is asserted exactly
+    assert hungry["actors"] == 2 and 1 <= hungry["workers"] <= 2
     assert hungry["executor"] == "ray" and hungry[OOM_SPLITS] >= 4
     assert hungry["rows_in"] == LIVE_DEMO and hungry["rows_out"] == LIVE_DEMO - 2 and hungry["seconds"] > 0
     dedup = m["stages"]["exact_dedup"]

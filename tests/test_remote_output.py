@@ -295,3 +295,17 @@ def test_ray_executor_uploads_a_uri_output(tmp_path, demo_images, staging):
     assert remote.manifest()["executor"] == "ray" and remote.manifest()["status"] == "complete"
     assert (plan.run.path / "_state" / "ray_owner").exists()  # the driver's token stays local
     assert not (remote.path / "_state" / "ray_owner").exists()
+
+
+def test_failed_upload_keeps_the_run_in_staging_with_a_clear_error(tmp_path, demo_images, staging):
+    (tmp_path / "bucket").write_text("a file where the bucket folder should be")
+    recipe = _recipe(tmp_path, demo_images)
+    uri = f"file://{tmp_path}/bucket"
+    result = CliRunner().invoke(app, ["run", str(recipe), "--output", uri])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # _fail, not a traceback
+    text = " ".join(result.output.split())
+    assert "after stage 'ingest' failed" in text and "retrying at the end of the run" in text
+    assert f"error: upload to {uri}/remote/" in text and "rerun the same command to upload it" in text
+    # every stage finished locally; nothing was lost
+    run = make_plan(load_recipe(recipe), uri).run
+    assert run.manifest()["status"] == "complete" and len(run.live_uids()) == LIVE_DEMO

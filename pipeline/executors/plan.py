@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyarrow import ArrowException
+from rich.console import Console
+
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_ids
 from loupe.pipeline.registry import STAGES, _load, source_class
@@ -45,8 +48,16 @@ class Plan:
 
     def on_stage_done(self, stage_id: str) -> None:
         """Called by the executors (on the driver) after each stage: uploads to the remote, if any."""
-        if self.remote is not None:
+        if self.remote is None:
+            return
+        try:
             self.remote.upload(self.run.path)
+        except (OSError, ArrowException) as e:  # keep running: the end of the run uploads again
+            Console(stderr=True).print(
+                f"[yellow]warning:[/yellow] upload to {self.remote.uri} after stage {stage_id!r} failed "
+                f"({e}); retrying at the end of the run",
+                highlight=False,
+            )
 
     def context(self, stage_id: str) -> StageContext:
         return StageContext(
@@ -116,7 +127,13 @@ def remote_sync(plan: Plan, console: Any = None) -> Iterator[None]:
                     highlight=False,
                 )
         raise
-    plan.remote.upload(plan.run.path)
+    try:
+        plan.remote.upload(plan.run.path)
+    except (OSError, ArrowException) as e:
+        raise LoupeError(
+            f"upload to {plan.remote.uri} failed ({e}); the finished run is in {plan.run.path}: "
+            "rerun the same command to upload it"
+        ) from None
 
 
 def open_run(plan: Plan, executor: str) -> None:

@@ -38,6 +38,12 @@ def test_wheel_maps_dirs_to_loupe_namespace(tmp_path):
         "loupe/experts/base.py",
         "loupe/recipes/demo.yaml",
         "loupe/recipes/demo_images/chelsea.jpg",
+        # data files the code reads at run time
+        "loupe/pipeline/fuse/templates/densefusion_v1.txt",
+        "loupe/pipeline/report/templates/page.html",
+        "loupe/pipeline/report/templates/report.js",
+        "loupe/experts/vocab/tags.txt",
+        "loupe/experts/vocab/imagenet.tsv",
     ):
         assert must in names
     assert not any(n.startswith(("pipeline/", "schemas/", "tests/")) for n in names)

@@ -131,6 +131,16 @@ def load_recipe(path: str | Path, check_paths: bool = True) -> LoadedRecipe:
                 raise RecipeError(
                     f"{p.name}: sources[{i}].path: {src.path!r} does not exist (resolved to {target})"
                 )
+    for i, st in enumerate(recipe.stages):
+        if st.stage == "caption":
+            from loupe.pipeline.fuse.prompt import TEMPLATE_DIR
+
+            valid = sorted(t.stem for t in TEMPLATE_DIR.glob("*.txt"))
+            if st.prompt_template not in valid:
+                raise RecipeError(
+                    f"{p.name}: stages[{i}].prompt_template: {st.prompt_template!r} is not a template; "
+                    f"valid: {', '.join(valid)}"
+                )
     return loaded
 
 

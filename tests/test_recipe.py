@@ -129,3 +129,8 @@ def test_repeated_stage_ids(tmp_path):
 def test_every_shipped_recipe_validates(path):
     recipe = Recipe.model_validate(yaml.safe_load(path.read_text()))
     assert recipe.sources and recipe.name
+
+
+def test_unknown_prompt_template(tmp_path):
+    msg = _error(tmp_path, GOOD + "  - stage: caption\n    prompt_template: densefusion_v9\n")
+    assert msg == "r.yaml: stages[2].prompt_template: 'densefusion_v9' is not a template; valid: densefusion_v1"

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loupe.pipeline.errors import RecipeError
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 NONE = "(none)"
 
@@ -24,7 +26,7 @@ def template_path(name: str) -> Path:
     p = TEMPLATE_DIR / f"{name}.txt"
     if not p.is_file():
         valid = sorted(t.stem for t in TEMPLATE_DIR.glob("*.txt"))
-        raise ValueError(f"unknown prompt_template {name!r}; valid: {', '.join(valid)}")
+        raise RecipeError(f"prompt_template: {name!r} is not a template; valid: {', '.join(valid)}")
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.fuse.prompt import Evidence, PerceptualFusionPrompt, template_fingerprint
 
 ROW = {
@@ -60,7 +61,7 @@ def test_prompt_version_and_unknown_template():
     p = PerceptualFusionPrompt()
     assert p.version == f"densefusion_v1@{template_fingerprint('densefusion_v1')}"
     assert len(p.version.split("@")[1]) == 12
-    with pytest.raises(ValueError, match="unknown prompt_template 'nope'; valid: .*densefusion_v1"):
+    with pytest.raises(RecipeError, match="prompt_template: 'nope' is not a template; valid: .*densefusion_v1"):
         PerceptualFusionPrompt("nope")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
+from conftest import private_ray
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.executors.local import run_local
@@ -233,28 +234,8 @@ def test_uri_outputs_stage_locally_not_as_local_folders_named_like_uris(tmp_path
 @pytest.fixture(scope="module")
 def local_ray():
     """One private in-process Ray (2 CPUs) shared by the in-process tests; run_ray leaves it running."""
-    import ray
-    import ray.cloudpickle
-
-    from loupe.pipeline.executors.ray import connect
-
-    # A short private temp dir: Ray's unix socket paths must stay under 107 characters.
-    d = tempfile.mkdtemp(prefix="lray", dir="/tmp")
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
-    os.environ["RAY_TMPDIR"] = d
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import this test file
-    try:
-        connect(None, quiet=True, num_cpus=2)
+    with private_ray(__name__) as ray:
         yield ray
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.ray

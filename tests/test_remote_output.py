@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from conftest import private_ray
 from typer.testing import CliRunner
 
 from loupe.pipeline.cli import app
@@ -262,32 +263,13 @@ def test_remote_run_pickles_without_its_filesystem(tmp_path):
 @pytest.mark.timeout(300)
 def test_ray_executor_uploads_a_uri_output(tmp_path, demo_images, staging):
     """Actors commit into the staging dir; the driver uploads after each stage (global and map)."""
-    import tempfile
+    from loupe.pipeline.executors.ray import run_ray
 
-    import ray
-    import ray.cloudpickle
-
-    from loupe.pipeline.executors.ray import connect, run_ray
-
-    d = tempfile.mkdtemp(prefix="lray", dir="/tmp")  # Ray's socket paths must stay short
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
-    os.environ["RAY_TMPDIR"] = d
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        connect(None, quiet=True, num_cpus=2)
+    with private_ray(__name__):
         uri = f"file://{tmp_path / 'bucket'}"
         plan = make_plan(load_recipe(_recipe(tmp_path, demo_images)), uri)
         plan.stages.append(StagePlan("flaky", StageConfig(batch_size=8), Flaky, "tags", False, Flaky.reads, ()))
         m = run_ray(plan, quiet=True)
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(d, ignore_errors=True)
     assert m["flaky"]["rows_out"] == LIVE_DEMO and m["exact_dedup"]["drops"] == 3
     remote = RunDir(tmp_path / "bucket" / "remote" / plan.lineage)
     tags = _table_uids(remote.path, "tags")

@@ -24,7 +24,7 @@ import pyarrow as pa
 from loupe.pipeline.dedup.semdedup import representatives, spherical_kmeans
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.stage import Stage, StageOutput
-from loupe.pipeline.vectors import kept_before, load_vectors, write_clusters
+from loupe.pipeline.vectors import load_vectors, vectors_with_earlier, write_clusters
 from loupe.schemas.tables import DEDUP, drops_table
 
 
@@ -79,15 +79,8 @@ class Select(Stage):
     def __call__(self, batch: pa.Table) -> StageOutput:
         cfg = self.config
         batch_uids = sorted(batch["uid"].to_pylist())  # same result whatever the shard order
-        earlier = kept_before(self.ctx, self.table, batch_uids)
-        vec = load_vectors(self.ctx.run, earlier + batch_uids, "image")
+        vec, prior, earlier = vectors_with_earlier(self.ctx, self.table, batch_uids, self.name)
         old = set(earlier)
-        prior = np.array([u in old for u in vec.uids], bool)
-        if prior.all():
-            raise RecipeError(
-                f"{self.ctx.stage_name}: no image embeddings for the {len(batch_uids)} live samples; "
-                "add an `embed` stage before `select`"
-            )
         km = spherical_kmeans(vec.matrix, cfg.n_clusters, 20, cfg.seed, "auto")
         score = self._score(vec.uids, vec.matrix, km.similarity, vec.model)
         keep_all = select_per_cluster(km.labels, score, vec.uids, cfg.per_cluster, prior)

@@ -71,6 +71,24 @@ def kept_before(ctx: StageContext, table: str, batch_uids: list[str]) -> list[st
     return sorted(ctx.run.live_uids() & done) if done else []
 
 
+def vectors_with_earlier(
+    ctx: StageContext, table: str, batch_uids: list[str], stage: str
+) -> tuple[Vectors, np.ndarray, list[str]]:
+    """Image vectors of the samples this stage kept in earlier runs, then of the batch; the mask of
+    the earlier rows; and the earlier uids. A batch with no image vector at all is a recipe error
+    (no ``embed`` stage before this one)."""
+    earlier = kept_before(ctx, table, batch_uids)
+    vec = load_vectors(ctx.run, earlier + batch_uids, "image")
+    old = set(earlier)
+    prior = np.array([u in old for u in vec.uids], bool)
+    if prior.all():
+        raise RecipeError(
+            f"{ctx.stage_name}: no image embeddings for the {len(batch_uids)} live samples; "
+            f"add an `embed` stage before `{stage}`"
+        )
+    return vec, prior, earlier
+
+
 def write_clusters(
     ctx: StageContext,
     method: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from loupe.pipeline.stage import Stage, StageOutput
+from loupe.pipeline.vectors import kept_before
 from loupe.schemas.tables import DEDUP, drops_table
 
 
@@ -21,7 +22,7 @@ class ExactDedup(Stage):
         rows = sorted(batch.to_pylist(), key=lambda r: (r["source"] or "", r["source_id"] or "", r["uid"]))
         groups: dict[str, list[dict]] = {}
         # a resumed run with new samples (e.g. retried URLs): samples kept earlier come first in their group
-        for r in self._kept_before({r["uid"] for r in rows}):
+        for r in self._kept_before([r["uid"] for r in rows]):
             groups.setdefault(r["sha256"], []).append(r)
         for r in rows:
             groups.setdefault(r["sha256"], []).append(r)
@@ -65,11 +66,10 @@ class ExactDedup(Stage):
             metrics={"duplicate_groups": sum(len(g) > 1 for g in groups.values())},
         )
 
-    def _kept_before(self, batch_uids: set[str]) -> list[dict]:
-        """Live samples this stage already processed in an earlier run of the same run dir."""
-        done = self.ctx.run.done_uids(self.ctx.stage_name, self.table) - batch_uids
-        if not done:
+    def _kept_before(self, batch_uids: list[str]) -> list[dict]:
+        """Samples kept by this stage in an earlier run of the same run dir."""
+        earlier = kept_before(self.ctx, self.table, batch_uids)
+        if not earlier:
             return []
-        live = self.ctx.run.live_uids() & done
-        t = self.ctx.run.read_table("samples", ["uid", "sha256", "source_id"], filter_uids=live)
+        t = self.ctx.run.read_table("samples", ["uid", "sha256", "source_id"], filter_uids=earlier)
         return [dict(r, earlier=True) for r in t.to_pylist()]

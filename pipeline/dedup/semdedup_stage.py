@@ -26,9 +26,8 @@ from loupe.pipeline.dedup.semdedup import (
     semdedup_clusters,
     spherical_kmeans,
 )
-from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.stage import Stage, StageOutput
-from loupe.pipeline.vectors import kept_before, load_vectors, write_clusters
+from loupe.pipeline.vectors import vectors_with_earlier, write_clusters
 from loupe.schemas.tables import DEDUP, drops_table
 
 
@@ -45,15 +44,8 @@ class SemDedupStage(Stage):
     def __call__(self, batch: pa.Table) -> StageOutput:
         cfg = self.config
         batch_uids = sorted(batch["uid"].to_pylist())  # same result whatever the shard order
-        earlier = kept_before(self.ctx, self.table, batch_uids)
-        vec = load_vectors(self.ctx.run, earlier + batch_uids, "image")
-        old = set(earlier)
-        new = np.array([u not in old for u in vec.uids], bool)
-        if not new.any():
-            raise RecipeError(
-                f"{self.ctx.stage_name}: no image embeddings for the {len(batch_uids)} live samples; "
-                "add an `embed` stage before `semdedup`"
-            )
+        vec, prior, _ = vectors_with_earlier(self.ctx, self.table, batch_uids, self.name)
+        new = ~prior
         t0 = time.time()
         km = spherical_kmeans(vec.matrix, cfg.n_clusters, cfg.kmeans_iters, cfg.seed, cfg.use_gpu)
         t1 = time.time()

@@ -124,12 +124,12 @@ class Export(Stage):
                 {"uid": r["uid"], "source": r["source"], "turns": len(turns), "tokens": n_tokens,
                  "caption_words": len(cap.split())}
             )
-            tasks.update(self._tasks_of(r, turns))
+            tasks.update(self._tasks_of(r))
         self._write(records, per_record, tasks)
         return StageOutput(drops=drops_table(drops), metrics={"records": len(records)})
 
     @staticmethod
-    def _tasks_of(r: dict, turns: list[dict]) -> list[str]:
+    def _tasks_of(r: dict) -> list[str]:
         out = []
         if r.get("captions"):
             out.append("caption")

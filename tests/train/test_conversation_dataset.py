@@ -10,7 +10,10 @@ from PIL import Image
 from loupe.schemas.llama3 import llama3_render
 from loupe.train.data import ConversationDataset
 
-TURNS = [{"from": "human", "value": "Describe this image in detail."}, {"from": "gpt", "value": "A red square."}]
+TURNS = [
+    {"from": "human", "value": "Describe this image in detail."},
+    {"from": "gpt", "value": "A red square."},
+]
 
 
 def test_reads_records_and_resolves_images(tmp_path):
@@ -27,7 +30,9 @@ def test_reads_records_and_resolves_images(tmp_path):
     ds = ConversationDataset(path, system="Be precise.")
     assert len(ds) == 3
     a = ds[0]
-    assert a["image"].size == (5, 4) and a["image"].mode == "RGB" and a["image"].getpixel((0, 0)) == (255, 0, 0)
+    assert (
+        a["image"].size == (5, 4) and a["image"].mode == "RGB" and a["image"].getpixel((0, 0)) == (255, 0, 0)
+    )
     assert a["image_path"] == str(tmp_path / "export" / "images" / "a.png")
     assert a["conversations"] == TURNS and a["uid"] == "a" and a["source"] == "demo"
     assert a["text"] == llama3_render(TURNS, system="Be precise.")
@@ -37,14 +42,20 @@ def test_reads_records_and_resolves_images(tmp_path):
 
 def test_bad_line_names_the_line(tmp_path):
     path = tmp_path / "c.jsonl"
-    path.write_text(json.dumps({"image_url": "a.png", "conversations": TURNS, "source": "s"}) + "\n"
-                    + json.dumps({"image_url": "a.png", "conversations": TURNS[:1], "source": "s"}) + "\n")
+    path.write_text(
+        json.dumps({"image_url": "a.png", "conversations": TURNS, "source": "s"})
+        + "\n"
+        + json.dumps({"image_url": "a.png", "conversations": TURNS[:1], "source": "s"})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"c\.jsonl:2: not a conversation record"):
         ConversationDataset(path)
 
 
 def test_remote_image_url_is_refused(tmp_path):
     path = tmp_path / "c.jsonl"
-    path.write_text(json.dumps({"image_url": "https://example.com/a.png", "conversations": TURNS, "source": "s"}))
+    path.write_text(
+        json.dumps({"image_url": "https://example.com/a.png", "conversations": TURNS, "source": "s"})
+    )
     with pytest.raises(ValueError, match="is remote"):
         ConversationDataset(path)[0]

@@ -27,6 +27,30 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from loupe.pipeline.executors.plan import loupe_version
+
+        print(f"loupe {loupe_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print Loupe's version and exit."
+    ),
+) -> None:
+    """Loupe: build, curate and annotate multimodal training data from a YAML recipe."""
+
+
+SET_HELP = (
+    "Override a recipe field, e.g. --set stages.ocr.min_score=0.6 --set stages[0].batch_size=8 "
+    "--set name=trial. Dotted path into the recipe (a stage may be named by its `stage`); the value is "
+    "YAML; the result is validated like the file. Repeatable."
+)
+
+
 def _offline_env() -> None:
     # Nothing downloads weights at run time unless the user turns this off (ARCHITECTURE, offline policy).
     if os.environ.get("LOUPE_ALLOW_DOWNLOADS") != "1":
@@ -35,6 +59,9 @@ def _offline_env() -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from loupe.pipeline.logs import quiet_third_party
+
+    quiet_third_party()
 
 
 def _fail(e: Exception) -> None:
@@ -43,12 +70,15 @@ def _fail(e: Exception) -> None:
 
 
 @app.command()
-def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file.")) -> None:
+def validate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
     """Check a recipe: keys, types, values and input paths. Prints one line per problem."""
     from loupe.pipeline.recipe import lineage_hash, load_recipe
 
     try:
-        loaded = load_recipe(recipe)
+        loaded = load_recipe(recipe, overrides=set_)
     except LoupeError as e:
         _fail(e)
     r = loaded.recipe
@@ -68,16 +98,38 @@ def run(
     output: Optional[str] = typer.Option(
         None, help="Root folder or URI (s3://, gs://, ...) for runs; overrides the recipe's `output`."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    limit: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="Try the recipe on the first N samples (source order). The run dir is the same as without "
+        "--limit, so a later run without it carries on from there.",
+    ),
 ) -> None:
-    """Run a recipe. Re-running the same recipe resumes its run directory: finished work is skipped."""
+    """Run a recipe. Re-running the same recipe resumes its run directory: finished work is skipped.
+
+    On a terminal it shows progress bars; when stdout is not a terminal (CI, nohup, a pipe) it prints a
+    plain line per running stage every 5 s (LOUPE_PROGRESS_INTERVAL): done/total, rate, ETA, drops.
+    Either way <run dir>/run.log records stage starts, progress, ends and warnings."""
     _offline_env()
     from loupe.pipeline.executors.plan import make_plan
+    from loupe.pipeline.logs import LOG, close_run_log, open_run_log
     from loupe.pipeline.recipe import load_recipe
 
+    log = None
     try:
-        loaded = load_recipe(recipe)
-        plan = make_plan(loaded, output)
+        loaded = load_recipe(recipe, overrides=set_)
+        plan = make_plan(loaded, output, limit=limit)
+        log = open_run_log(plan.run.path)
+        LOG.info(
+            "loupe run %s -> %s (executor %s%s%s)",
+            recipe,
+            plan.location,
+            executor or loaded.recipe.executor.kind,
+            f", --limit {limit}" if limit else "",
+            "".join(f", --set {a}" for a in set_),
+        )
         kind = executor or loaded.recipe.executor.kind
         if kind == "local":
             from loupe.pipeline.executors.local import run_local
@@ -92,7 +144,15 @@ def run(
         else:
             raise LoupeError(f"--executor: {kind!r} is not an executor; valid: local, ray")
     except LoupeError as e:
+        LOG.error("%s", e)
         _fail(e)
+    except BaseException as e:
+        LOG.exception("run failed: %s", type(e).__name__)
+        raise
+    finally:
+        if log is not None:
+            LOG.info("run ended")
+            close_run_log(log)
     _summary(metrics)
     _drop_summary(plan.run)
     if plan.remote is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,84 @@ def parse_recipe(raw: Any, where: str = "recipe") -> R.Recipe:
         raise RecipeError(format_validation_error(e, raw, where)) from None
 
 
-def load_recipe(path: str | Path, check_paths: bool = True) -> LoadedRecipe:
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def _path_segments(path: str, where: str) -> list[str | int]:
+    segs: list[str | int] = []
+    pos = 0
+    for m in _SEGMENT.finditer(path):
+        if path[pos : m.start()] not in ("", "."):
+            break
+        segs.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if pos != len(path) or not segs:
+        raise RecipeError(
+            f"{where}: {path!r} is not a dotted path like stages.ocr.min_score or stages[2].batch_size"
+        )
+    return segs
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``--set key=value`` to a raw recipe mapping, in place.
+
+    ``key`` is a dotted path into the recipe: ``name``, ``seed``, ``stages[2].batch_size``,
+    ``sources[0].path``; a list of stages or sources may also be indexed by a stage name or source
+    name (``stages.ocr.min_score``, ``sources.photos.path``) when that name is unique. ``value`` is
+    read as YAML (``8``, ``0.5``, ``true``, ``[a, b]``, ``null``); the result is validated like the file.
+    """
+    where = f"--set {assignment}"
+    if "=" not in assignment:
+        raise RecipeError(f"{where}: expected key=value, e.g. --set stages.ocr.min_score=0.6")
+    key, _, text = assignment.partition("=")
+    segs = _path_segments(key.strip(), where)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{where}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
+    node: Any = raw
+    for i, seg in enumerate(segs):
+        last = i == len(segs) - 1
+        here = _loc_str(tuple(segs[:i])) or "recipe"
+        if isinstance(node, list):
+            if isinstance(seg, str):  # a stage or source named by its stage/name/type
+                hits = [
+                    j
+                    for j, e in enumerate(node)
+                    if isinstance(e, dict)
+                    and seg in (e.get("stage"), e.get("name"), e.get("type"), e.get("dataset"))
+                ]
+                if len(hits) != 1:
+                    names = [
+                        e.get("stage") or e.get("name") or e.get("type") for e in node if isinstance(e, dict)
+                    ]
+                    what = "no entry" if not hits else f"{len(hits)} entries"
+                    raise RecipeError(
+                        f"{where}: {here} has {what} named {seg!r} (entries: {', '.join(map(str, names))}); "
+                        f"use {here}[i]"
+                    )
+                seg = hits[0]
+            if not -len(node) <= seg < len(node):
+                raise RecipeError(f"{where}: {here}[{seg}] is out of range ({len(node)} entries)")
+            if last:
+                node[seg] = value
+            else:
+                node = node[seg]
+        elif isinstance(node, dict):
+            if isinstance(seg, int):
+                raise RecipeError(f"{where}: {here} is a mapping, not a list")
+            if last:
+                node[seg] = value
+            else:
+                node = node.setdefault(seg, {})
+        else:
+            raise RecipeError(f"{where}: {here} is a value ({node!r}), it has no field {seg!r}")
+
+
+def load_recipe(
+    path: str | Path, check_paths: bool = True, overrides: list[str] | tuple[str, ...] = ()
+) -> LoadedRecipe:
+    """Read, override (``--set``) and validate a recipe file."""
     p = Path(path)
     if not p.exists():
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
@@ -122,7 +200,10 @@ def load_recipe(path: str | Path, check_paths: bool = True) -> LoadedRecipe:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise RecipeError(f"{p.name}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    recipe = parse_recipe(raw, p.name)
+    if overrides and isinstance(raw, dict):
+        for assignment in overrides:
+            apply_override(raw, assignment)
+    recipe = parse_recipe(raw, p.name + (" (with --set)" if overrides else ""))
     loaded = LoadedRecipe(recipe=recipe, path=p.resolve(), raw=raw)
     if check_paths:
         for i, src in enumerate(recipe.sources):

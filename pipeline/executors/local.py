@@ -13,25 +13,32 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.dataset as pads
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from loupe.pipeline.evidence import attach_evidence
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
+from loupe.pipeline.logs import LOG, RunProgress
 from loupe.pipeline.stage import StageOutput
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<18}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>9}"),
-        TextColumn("drops {task.fields[drops]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
+def _progress(console: Console, quiet: bool) -> RunProgress:
+    """Bars on a terminal, plain timed lines when stdout is not a TTY, run.log lines always."""
+    return RunProgress(console, quiet)
+
+
+def finish_task(progress: Progress | RunProgress, task: int, stage: str, m: dict) -> None:
+    """End a stage's progress (its last plain line) and log its metrics to run.log."""
+    if isinstance(progress, RunProgress):
+        progress.finish(task)
+    LOG.info(
+        "stage %s: complete: %s in, %s out, %s drops, %s already done, %.2f s",
+        stage,
+        m.get("rows_in"),
+        m.get("rows_out"),
+        m.get("drops"),
+        m.get("skipped_done"),
+        m.get("seconds", 0),
     )
 
 
@@ -71,15 +78,34 @@ def _commit(
     )
 
 
+def limit_output(out: StageOutput, remaining: int) -> StageOutput:
+    """At most ``remaining`` samples of one ingest batch (rows first, then drops), for ``--limit``."""
+    n_rows = out.rows.num_rows if out.rows is not None else 0
+    n_drops = out.drops.num_rows if out.drops is not None else 0
+    if n_rows + n_drops <= remaining and (out.covered is None or len(out.covered) <= remaining):
+        return out
+    rows = out.rows.slice(0, min(n_rows, remaining)) if out.rows is not None else None
+    left = remaining - (rows.num_rows if rows is not None else 0)
+    drops = out.drops.slice(0, max(left, 0)) if out.drops is not None else None
+    covered = (rows["uid"].to_pylist() if rows is not None else []) + (
+        drops["uid"].to_pylist() if drops is not None else []
+    )
+    return StageOutput(rows=rows, drops=drops, covered=covered, metrics=out.metrics)
+
+
 def run_ingest(plan: Plan, progress: Progress) -> dict:
     run = plan.run
     t0 = time.time()
     done = run.done_uids("ingest", "samples")
     skipped = len(done)
-    task = progress.add_task("ingest", total=None, rate="", drops=0)
+    task = progress.add_task("ingest", total=plan.limit, rate="", drops=0)
     rows = drops = 0
     for _, source in plan.sources():
+        if plan.limit is not None and len(done) >= plan.limit:
+            break
         for out in source.read(done):
+            if plan.limit is not None:
+                out = limit_output(out, plan.limit - len(done))
             covered = out.covered
             if covered is None:
                 covered = (out.rows["uid"].to_pylist() if out.rows is not None else []) + (
@@ -89,9 +115,12 @@ def run_ingest(plan: Plan, progress: Progress) -> dict:
             rows, drops = rows + r, drops + d
             done.update(covered)
             progress.update(task, advance=r + d, drops=drops, rate=_rate(rows + drops, time.time() - t0))
+            if plan.limit is not None and len(done) >= plan.limit:
+                break  # --limit N: the first N samples in source order, the rest on a later run
     progress.update(task, total=rows + drops, completed=rows + drops)
     m = stage_metrics(rows + drops, rows, drops, time.time() - t0, skipped, table="samples")
     run.update_stage("ingest", status="complete", **m)
+    finish_task(progress, task, "ingest", m)
     return m
 
 
@@ -128,6 +157,7 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
         extra[OOM_SPLITS] = splits
     m = stage_metrics(len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, **extra)
     run.update_stage(sp.id, status="complete", **m)
+    finish_task(progress, task, sp.id, m)
     return m
 
 

@@ -40,6 +40,9 @@ class Plan:
     stages: list[StagePlan] = field(default_factory=list)
     #: set when the output is a URI: ``run`` is then a local staging dir mirrored to it
     remote: RemoteRun | None = None
+    #: ``--limit N``: ingest stops once the run holds N samples (not part of the lineage: dropping
+    #: ``--limit`` later carries on in the same run dir)
+    limit: int | None = None
 
     @property
     def location(self) -> str:
@@ -77,7 +80,7 @@ def run_root(loaded: LoadedRecipe, output: str | None = None) -> Path:
     return loaded.resolve(where) / loaded.recipe.name
 
 
-def make_plan(loaded: LoadedRecipe, output: str | None = None) -> Plan:
+def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None = None) -> Plan:
     """The plan of a recipe. A URI output (s3://, gs://, file://, ...) runs in a local staging dir
     (``loupe.pipeline.remote``) that :func:`remote_sync` mirrors to it; RunDir needs atomic renames."""
     lineage = lineage_hash(loaded)
@@ -88,7 +91,7 @@ def make_plan(loaded: LoadedRecipe, output: str | None = None) -> Plan:
         run = RunDir(remote.staging)
     else:
         run = RunDir(run_root(loaded, output) / lineage)
-    plan = Plan(loaded=loaded, run=run, lineage=lineage, remote=remote)
+    plan = Plan(loaded=loaded, run=run, lineage=lineage, remote=remote, limit=limit)
     for sid, cfg in zip(stage_ids(loaded.recipe), loaded.recipe.stages):
         cls = _load(STAGES[cfg.stage])
         plan.stages.append(

@@ -49,7 +49,7 @@ from rich.progress import Progress
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.evidence import attach_evidence
-from loupe.pipeline.executors.local import _commit, _progress, _rate, run_ingest, run_stage
+from loupe.pipeline.executors.local import _commit, _progress, _rate, finish_task, run_ingest, run_stage
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
 from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
@@ -354,6 +354,7 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
         # Every todo uid reaches exactly one actor; anything else means rows were lost in transit.
         raise LoupeError(f"stage {sp.id}: {n} of {len(todo)} samples were processed; rerun to resume")
     run.update_stage(sp.id, status="complete", **m)
+    finish_task(progress, task, sp.id, m)
     return m
 
 
@@ -379,6 +380,7 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
         "num_gpus": res.num_gpus,
     }
     plan.run.update_stage(sp.id, **m)
+    finish_task(progress, task, sp.id, m)
     return m
 
 

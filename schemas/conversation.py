@@ -21,7 +21,8 @@ class Turn(BaseModel):
 
 
 class ConversationRecord(BaseModel):
-    """Llama-3 / Dragonfly JSONL line: {"image_url", "conversations", "source"}."""
+    """Loupe's canonical JSONL line: {"image_url", "conversations", "source"} (structured turns; Dragonfly's
+    own parquet layout is written by ``loupe.pipeline.export.formats``)."""
 
     model_config = ConfigDict(extra="forbid")
     image_url: str

@@ -251,16 +251,31 @@ class ExportConfig(StageConfig):
     """Write training files under export/."""
 
     stage: Literal["export"]
-    formats: list[Literal["llama3_jsonl", "llava_json"]] = Field(
-        ["llama3_jsonl", "llava_json"], description="Files to write."
+    formats: list[
+        Literal["llama3_jsonl", "dragonfly_parquet", "llava_json", "llava_plain_json", "mg_llava_boxes"]
+    ] = Field(
+        ["llama3_jsonl", "llava_json"],
+        description="Files to write: llama3_jsonl (conversations.jsonl, Loupe's structured record, read by "
+        "loupe.train); dragonfly_parquet (dragonfly/<prefix>_<n>.parquet, what Dragonfly's loader reads: "
+        "conversations as one Llama-3 string without BOS); llava_json (llava.json, multi-turn fine-tune); "
+        "llava_plain_json (llava_plain.json, exactly 2 turns for LLaVA --version plain pre-alignment); "
+        "mg_llava_boxes (mg_llava_boxes.json, pixel boxes from the detect table keyed by the LLaVA id).",
     )
+    dragonfly_prefix: str = Field(
+        "loupe",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="File-name prefix of the Dragonfly parquet parts; pass it to Dragonfly's "
+        "--together_hq_datasets (its loader keeps files whose name starts with it).",
+    )
+    dragonfly_rows_per_file: int = Field(50_000, ge=1, description="Rows per Dragonfly parquet part.")
     image_dir: str = Field("images", description="Folder (under export/) the images are written to.")
     tasks: list[Literal["caption", "ocr", "grounding", "source_qa"]] = Field(
         ["caption", "ocr", "grounding", "source_qa"], description="Conversation turns to build."
     )
     seed: int = Field(0, description="Seed for sampling instruction phrasings.")
     tokenizer: str | None = Field(
-        None, description="transformers tokenizer (hub id or path) for exact token stats; default: regex estimate."
+        None,
+        description="transformers tokenizer (hub id or path) for exact token stats; default: regex estimate.",
     )
 
 

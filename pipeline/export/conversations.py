@@ -40,6 +40,11 @@ def sample_rng(seed: int, uid: str) -> random.Random:
     return random.Random(int.from_bytes(h[:8], "big"))
 
 
+def caption_instruction(seed: int, uid: str) -> str:
+    """The detail instruction ``build_turns`` puts before the caption of ``uid`` (its first draw)."""
+    return sample_rng(seed, uid).choice(DETAIL_PROMPTS)
+
+
 def build_turns(row: dict[str, Any], tasks: list[str], seed: int) -> list[dict[str, str]]:
     rng = sample_rng(seed, row["uid"])
     turns: list[dict[str, str]] = []
@@ -49,9 +54,14 @@ def build_turns(row: dict[str, Any], tasks: list[str], seed: int) -> list[dict[s
             {"from": "human", "value": rng.choice(DETAIL_PROMPTS)},
             {"from": "gpt", "value": caps[0]["caption"]},
         ]
-    ocr = [o["text"].strip() for o in sorted(row.get("ocr") or [], key=lambda o: o["line"]) if o["text"].strip()]
+    ocr = [
+        o["text"].strip() for o in sorted(row.get("ocr") or [], key=lambda o: o["line"]) if o["text"].strip()
+    ]
     if "ocr" in tasks and ocr:
-        turns += [{"from": "human", "value": rng.choice(OCR_PROMPTS)}, {"from": "gpt", "value": "\n".join(ocr)}]
+        turns += [
+            {"from": "human", "value": rng.choice(OCR_PROMPTS)},
+            {"from": "gpt", "value": "\n".join(ocr)},
+        ]
     if "grounding" in tasks:
         best: dict[str, dict] = {}
         for b in sorted(row.get("detect") or [], key=lambda b: -b["score"]):

@@ -2,9 +2,16 @@
 
 Writes (each file to a temp name, then renamed, so a reader never sees half a file):
 
-* ``export/conversations.jsonl`` - Llama-3 / Dragonfly records
-  ``{"image_url", "conversations": [{"from", "value"}], "source", "uid"}``;
-* ``export/llava.json``          - ``[{"id", "image", "conversations"}]`` with ``<image>`` in turn 0;
+* ``export/conversations.jsonl`` - Loupe's canonical record (read by ``loupe.train``), one per line:
+  ``{"image_url", "conversations": [{"from", "value"}], "source", "uid"}`` (format ``llama3_jsonl``);
+* ``export/dragonfly/<prefix>_<n>.parquet`` - what Dragonfly's loader reads (``dragonfly_parquet``):
+  ``image_url``, ``source`` and ``conversations`` as ONE Llama-3 string without BOS;
+* ``export/llava.json``          - ``[{"id", "image", "conversations"}]`` with ``<image>`` in turn 0,
+  every turn (fine-tune, ``llava_json``);
+* ``export/llava_plain.json``    - the same ids, exactly 2 turns: instruction + caption (``llava_plain_json``,
+  for LLaVA ``--version plain`` pre-alignment);
+* ``export/mg_llava_boxes.json`` - ``[{"id", "boxes", "scores", "labels"}]`` pixel boxes from the ``detect``
+  table keyed by the LLaVA id (``mg_llava_boxes``);
 * ``export/images/<uid>.<ext>``  - the image bytes as ingested (paths above are relative to export/);
 * ``export/records.parquet``     - per record: uid, source, turns, tokens, caption words;
 * ``export/stats.json``          - counts per source and task, token-length summary and histogram.
@@ -29,14 +36,21 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from loupe.pipeline.export.conversations import build_turns, with_image_token
+from loupe.pipeline.export.formats import llava_plain_records, mg_llava_boxes, write_dragonfly_parquet
 from loupe.pipeline.rundir import atomic_write_text
 from loupe.pipeline.stage import Stage, StageOutput
 from loupe.schemas.conversation import ConversationRecord
 from loupe.schemas.llama3 import llama3_render
 from loupe.schemas.tables import drops_table
 
-MAGIC = ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"), (b"II*\x00", ".tif"),
-         (b"MM\x00*", ".tif"))
+MAGIC = (
+    (b"\xff\xd8", ".jpg"),
+    (b"\x89PNG", ".png"),
+    (b"GIF8", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+)
 TOKEN = re.compile(r"<\|[a-z_]+\|>|\w+|[^\w\s]")
 
 
@@ -71,7 +85,7 @@ class TokenCounter:
 class Export(Stage):
     name = "export"
     table = None
-    reads = ("uid", "source", "source_id", "conversations")
+    reads = ("uid", "source", "source_id", "conversations", "width", "height")
     evidence = ("captions", "ocr", "detect")
     is_global = True
     rerun_all = True
@@ -109,10 +123,14 @@ class Export(Stage):
         for r in rows:
             turns = build_turns(r, list(self.config.tasks), self.config.seed)
             if not turns:
-                drops.append(self.drop(r["uid"], "no_conversation", "no caption, OCR, boxes or source Q&A to export"))
+                drops.append(
+                    self.drop(r["uid"], "no_conversation", "no caption, OCR, boxes or source Q&A to export")
+                )
                 continue
             try:
-                rec = ConversationRecord(image_url=paths[r["uid"]], conversations=turns, source=r["source"], uid=r["uid"])
+                rec = ConversationRecord(
+                    image_url=paths[r["uid"]], conversations=turns, source=r["source"], uid=r["uid"]
+                )
             except (ValidationError, KeyError) as e:
                 msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else "image bytes missing"
                 drops.append(self.drop(r["uid"], "invalid_record", msg))
@@ -121,11 +139,16 @@ class Export(Stage):
             n_tokens = self.count_tokens(llama3_render(turns))
             cap = (r.get("captions") or [{}])[0].get("caption") or ""
             per_record.append(
-                {"uid": r["uid"], "source": r["source"], "turns": len(turns), "tokens": n_tokens,
-                 "caption_words": len(cap.split())}
+                {
+                    "uid": r["uid"],
+                    "source": r["source"],
+                    "turns": len(turns),
+                    "tokens": n_tokens,
+                    "caption_words": len(cap.split()),
+                }
             )
             tasks.update(self._tasks_of(r))
-        self._write(records, per_record, tasks)
+        self._write(records, per_record, tasks, {r["uid"]: r for r in rows})
         return StageOutput(drops=drops_table(drops), metrics={"records": len(records)})
 
     @staticmethod
@@ -141,28 +164,62 @@ class Export(Stage):
             out.append("source_qa")
         return out
 
-    def _write(self, records: list[dict], per_record: list[dict], tasks: Counter) -> None:
+    def _write(
+        self, records: list[dict], per_record: list[dict], tasks: Counter, rows: dict[str, dict]
+    ) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         fmts = set(self.config.formats)
+        extra: dict[str, int] = {}
+        if "dragonfly_parquet" in fmts:
+            parts = write_dragonfly_parquet(
+                records,
+                self.dir / "dragonfly",
+                self.config.dragonfly_prefix,
+                self.config.dragonfly_rows_per_file,
+            )
+            extra["dragonfly_files"] = len(parts)
+        if "llava_plain_json" in fmts:
+            caps = {u: ((r.get("captions") or [{}])[0].get("caption") or "") for u, r in rows.items()}
+            plain = llava_plain_records(records, caps, self.config.seed)
+            atomic_write_text(self.dir / "llava_plain.json", json.dumps(plain, ensure_ascii=False, indent=1))
+            extra["llava_plain_records"] = len(plain)
+        if "mg_llava_boxes" in fmts:
+            boxes = mg_llava_boxes(records, rows)
+            atomic_write_text(self.dir / "mg_llava_boxes.json", json.dumps(boxes, ensure_ascii=False))
+            extra["mg_llava_boxes"] = sum(len(b["boxes"]) for b in boxes)
         if "llama3_jsonl" in fmts:
             atomic_write_text(
-                self.dir / "conversations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                self.dir / "conversations.jsonl",
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
             )
         if "llava_json" in fmts:
             llava = [
-                {"id": r["uid"], "image": r["image_url"], "conversations": with_image_token(r["conversations"])}
+                {
+                    "id": r["uid"],
+                    "image": r["image_url"],
+                    "conversations": with_image_token(r["conversations"]),
+                }
                 for r in records
             ]
             atomic_write_text(self.dir / "llava.json", json.dumps(llava, ensure_ascii=False, indent=1))
         table = pa.Table.from_pylist(
             per_record,
-            schema=pa.schema([("uid", pa.string()), ("source", pa.string()), ("turns", pa.int32()),
-                              ("tokens", pa.int32()), ("caption_words", pa.int32())]),
+            schema=pa.schema(
+                [
+                    ("uid", pa.string()),
+                    ("source", pa.string()),
+                    ("turns", pa.int32()),
+                    ("tokens", pa.int32()),
+                    ("caption_words", pa.int32()),
+                ]
+            ),
         )
         tmp = self.dir / "records.parquet.tmp"
         pq.write_table(table, tmp)
         os.replace(tmp, self.dir / "records.parquet")
-        atomic_write_text(self.dir / "stats.json", json.dumps(self._stats(per_record, tasks), indent=2))
+        atomic_write_text(
+            self.dir / "stats.json", json.dumps({**self._stats(per_record, tasks), **extra}, indent=2)
+        )
 
     def _stats(self, per_record: list[dict], tasks: Counter) -> dict:
         toks = np.array([p["tokens"] for p in per_record] or [0])

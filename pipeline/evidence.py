@@ -1,43 +1,161 @@
-"""Attach other tables to a batch as one ``list<struct>`` column per table (a stage's ``evidence``)."""
+"""A stage's ``evidence``: other tables attached to its input as one ``list<struct>`` column per table.
+
+The join is done **once per stage**, not once per batch: :func:`build_stage_input` runs one duckdb
+query — the stage's ``samples`` columns for its todo uids, LEFT JOINed on ``uid`` with each evidence
+table aggregated per uid — and streams the result into parquet files under
+``_state/<stage>/input/``. Both executors then read their batches from those files (the local
+executor in-process, the Ray executor with ``read_parquet``), so a batch costs the same at 10³ and
+10⁶ samples. Attaching evidence per batch by scanning every evidence shard (the old way) cost
+O(shards) per batch, i.e. O(N²) per stage (issue 19; ``benchmarks/bench_evidence.py``).
+
+Lists are ordered as the stages expect them: OCR by ``line``, detections and tags by ``score``
+descending. A sample without rows in a table gets an empty list.
+"""
 
 from __future__ import annotations
 
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from loupe.pipeline.query import fetch_arrow
 from loupe.pipeline.rundir import RunDir
 from loupe.schemas.tables import TABLES
 
+#: rows per parquet file of a stage input (Ray Data reads one block per file)
+INPUT_ROWS_PER_FILE = 4096
+
+
+def evidence_type(name: str) -> pa.DataType:
+    """The ``list<struct>`` type of table ``name`` as a stage sees it (every column but ``uid``)."""
+    return pa.list_(pa.struct([f for f in TABLES[name][1] if f.name != "uid"]))
+
+
+def _order(schema: pa.Schema) -> str:
+    if "line" in schema.names:
+        return "line"
+    if "score" in schema.names:
+        return "score DESC"
+    return "model"
+
+
+def _quote(path: str) -> str:
+    return "'" + path.replace("'", "''") + "'"
+
+
+def _join_sql(run: RunDir, left: str, columns: Iterable[str], tables: tuple[str, ...]) -> str:
+    """SQL joining relation ``left`` (which has ``uid``) with each evidence table aggregated by uid."""
+    select = [f'l."{c}"' for c in columns]
+    joins = []
+    for i, name in enumerate(tables):
+        schema = TABLES[name][1]
+        files = [str(f) for f in run.shard_files(name)]
+        if not files:
+            select.append(f'NULL AS "{name}"')
+            continue
+        fields = ", ".join(f'"{f.name}" := "{f.name}"' for f in schema if f.name != "uid")
+        listing = ", ".join(_quote(f) for f in files)
+        joins.append(
+            f'LEFT JOIN (SELECT uid, list(struct_pack({fields}) ORDER BY {_order(schema)}) AS "{name}" '
+            f"FROM read_parquet([{listing}], union_by_name=true) "
+            f"WHERE uid IN (SELECT uid FROM {left}) GROUP BY uid) e{i} ON l.uid = e{i}.uid"
+        )
+        select.append(f'e{i}."{name}"')
+    return f"SELECT {', '.join(select)} FROM {left} l {' '.join(joins)}"
+
+
+def conform_evidence(batch: pa.Table, tables: tuple[str, ...]) -> pa.Table:
+    """Evidence columns as the stage contract types them: exact ``list<struct>``, [] instead of null."""
+    for name in tables:
+        typ = evidence_type(name)
+        if name in batch.column_names:
+            col = batch[name]
+            col = col.cast(typ) if col.type != typ else col
+            if col.null_count:
+                col = pc.if_else(pc.is_null(col), pa.scalar([], typ), col)
+            batch = batch.set_column(batch.column_names.index(name), name, col)
+        else:
+            batch = batch.append_column(name, pa.array([[]] * batch.num_rows, typ))
+    return batch
+
 
 def attach_evidence(run: RunDir, batch: pa.Table, tables: tuple[str, ...]) -> pa.Table:
+    """``batch`` with one evidence column per table: one join, for a global stage's single batch."""
     if not tables or batch.num_rows == 0:
         return batch
+    batch = batch.drop_columns([t for t in tables if t in batch.column_names])
     con = duckdb.connect()
     try:
-        con.register("batch_uids", batch.select(["uid"]))
-        for name in tables:
-            schema = TABLES[name][1]
-            fields = [f for f in schema if f.name != "uid"]
-            struct_type = pa.struct(fields)
-            files = [str(f) for f in run.shard_files(name)]
-            by_uid: dict[str, list] = {}
-            if files:
-                cols = ", ".join(f'"{f.name}"' for f in fields)
-                order = "line" if "line" in schema.names else "score DESC" if "score" in schema.names else "1"
-                rel = con.execute(
-                    f"SELECT uid, {cols} FROM read_parquet(?, union_by_name=true) "
-                    f"WHERE uid IN (SELECT uid FROM batch_uids) ORDER BY uid, {order}",
-                    [files],
-                )
-                rel = fetch_arrow(rel)
-                for row in rel.to_pylist():
-                    uid = row.pop("uid")
-                    by_uid.setdefault(uid, []).append(row)
-            col = pa.array([by_uid.get(u, []) for u in batch["uid"].to_pylist()], pa.list_(struct_type))
-            if name in batch.column_names:
-                batch = batch.drop_columns([name])
-            batch = batch.append_column(name, col)
+        con.register("batch_in", batch)
+        joined = fetch_arrow(con.sql(_join_sql(run, "batch_in", batch.column_names, tables)))
     finally:
         con.close()
-    return batch
+    # the join does not keep row order: put rows back in the batch's order
+    pos = pc.index_in(batch["uid"], value_set=joined["uid"])
+    return conform_evidence(joined.take(pos), tables)
+
+
+def arrow_reader(result, rows: int) -> pa.RecordBatchReader:
+    """duckdb 2.0 renamed ``fetch_record_batch`` to ``to_arrow_reader``; accept both."""
+    fn = getattr(result, "to_arrow_reader", None) or result.fetch_record_batch
+    return fn(rows)
+
+
+def input_dir(run: RunDir, stage_id: str) -> Path:
+    return run.path / "_state" / stage_id / "input"
+
+
+def build_stage_input(
+    run: RunDir,
+    stage_id: str,
+    reads: tuple[str, ...],
+    tables: tuple[str, ...],
+    todo: set[str],
+    rows_per_file: int = INPUT_ROWS_PER_FILE,
+) -> list[Path]:
+    """Write the stage's input once — ``samples[reads]`` of the ``todo`` uids joined with its evidence
+    tables — as parquet files under ``_state/<stage>/input/``; returns them (none when nothing to do).
+
+    One streaming duckdb pass (it spills to disk when the join does not fit in memory). The files are
+    rebuilt on every run of the stage (a resumed run has a smaller todo set) and removed by
+    :func:`remove_stage_input` when the stage completes.
+    """
+    out = input_dir(run, stage_id)
+    remove_stage_input(run, stage_id)
+    files = [str(f) for f in run.shard_files("samples")]
+    if not todo or not files:
+        return []
+    out.mkdir(parents=True)
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET temp_directory = {_quote(str(out / '.spill'))}")
+        con.register("todo_uids", pa.table({"uid": pa.array(sorted(todo), pa.string())}))
+        listing = ", ".join(_quote(f) for f in files)
+        cols = ", ".join(f'"{c}"' for c in reads)
+        con.execute(
+            f"CREATE TEMP VIEW stage_in AS SELECT {cols} FROM read_parquet([{listing}], union_by_name=true) "
+            "WHERE uid IN (SELECT uid FROM todo_uids)"
+        )
+        reader = arrow_reader(con.sql(_join_sql(run, "stage_in", reads, tables)), rows_per_file)
+        paths: list[Path] = []
+        for rb in reader:
+            if rb.num_rows == 0:
+                continue
+            t = conform_evidence(pa.Table.from_batches([rb]), tables)
+            path = out / f"part-{len(paths):06d}-{uuid.uuid4().hex[:6]}.parquet"
+            pq.write_table(t, path)
+            paths.append(path)
+        return paths
+    finally:
+        con.close()
+        shutil.rmtree(out / ".spill", ignore_errors=True)
+
+
+def remove_stage_input(run: RunDir, stage_id: str) -> None:
+    shutil.rmtree(input_dir(run, stage_id), ignore_errors=True)

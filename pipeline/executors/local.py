@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 from rich.console import Console
 from rich.progress import Progress
 
-from loupe.pipeline.evidence import attach_evidence
+from loupe.pipeline.evidence import attach_evidence, build_stage_input, remove_stage_input
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
 from loupe.pipeline.logs import LOG, RunProgress
@@ -51,9 +51,22 @@ def iter_sample_batches(plan: Plan, sp: StagePlan, todo: set[str], batch_size: i
     if ds is None or not todo:
         return
     flt = pads.field("uid").isin(pa.array(sorted(todo), pa.string()))
+    yield from rebatch(ds.to_batches(columns=list(sp.reads), filter=flt, batch_size=batch_size), batch_size)
+
+
+def iter_input_batches(plan: Plan, sp: StagePlan, todo: set[str], batch_size: int) -> Iterator[pa.Table]:
+    """Batches of a per-row stage with evidence: read from its input, joined once (loupe.pipeline.evidence)."""
+    files = build_stage_input(plan.run, sp.id, sp.reads, sp.evidence, todo)
+    if files:
+        ds = pads.dataset([str(f) for f in files], format="parquet")
+        yield from rebatch(ds.to_batches(batch_size=batch_size), batch_size)
+
+
+def rebatch(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.Table]:
+    """Record batches of any size -> tables of exactly ``batch_size`` rows (the last one shorter)."""
     buf: list[pa.RecordBatch] = []
     n = 0
-    for rb in ds.to_batches(columns=list(sp.reads), filter=flt, batch_size=batch_size):
+    for rb in batches:
         if rb.num_rows == 0:
             continue
         buf.append(rb)
@@ -138,10 +151,13 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
         stage = sp.cls(sp.config, plan.context(sp.id))
         if sp.is_global:
             batches = [pa.concat_tables(list(iter_sample_batches(plan, sp, todo, max(len(todo), 1))))]
+        elif sp.evidence:
+            batches = iter_input_batches(plan, sp, todo, sp.config.batch_size)
         else:
             batches = iter_sample_batches(plan, sp, todo, sp.config.batch_size)
         for batch in batches:
-            batch = attach_evidence(run, batch, sp.evidence)
+            if sp.is_global:
+                batch = attach_evidence(run, batch, sp.evidence)
             uids = batch["uid"].to_pylist()
             # per-row stages halve a batch that runs out of memory; a global stage must see everything
             out = stage(batch) if sp.is_global else call_with_oom_split(stage, batch)
@@ -153,6 +169,7 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
         close = getattr(stage, "close", None)
         if close:
             close()
+        remove_stage_input(run, sp.id)
     if splits:
         extra[OOM_SPLITS] = splits
     m = stage_metrics(len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, **extra)

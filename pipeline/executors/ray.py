@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from loupe.pipeline.errors import LoupeError
-from loupe.pipeline.evidence import attach_evidence
+from loupe.pipeline.evidence import build_stage_input, conform_evidence, remove_stage_input
 from loupe.pipeline.executors.local import _commit, _progress, _rate, finish_task, run_ingest, run_stage
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
@@ -205,7 +205,8 @@ class StageWorker:
         rows = drops = splits = 0
         metrics: dict[str, Any] = {}
         if batch.num_rows:
-            batch = attach_evidence(self.plan.run, batch, self.sp.evidence)
+            # evidence was joined once for the whole stage (build_stage_input): it is in the batch
+            batch = conform_evidence(batch, self.sp.evidence)
             uids = batch["uid"].to_pylist()
             out = call_with_oom_split(self.stage, batch)
             splits = out.metrics.pop(OOM_SPLITS, 0)
@@ -300,15 +301,19 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
     actors = 0
     if todo:
         actors = _pool_size(sp, index)
-        todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
-        ds = ray.data.read_parquet(_files_with(plan, todo), num_cpus=_IO_CPUS).select_columns(list(sp.reads))
-        ds = ds.map_batches(
-            _keep_todo,
-            fn_kwargs={"todo": todo_ref},
-            batch_format="pyarrow",
-            batch_size=None,
-            num_cpus=_IO_CPUS,
-        )
+        if sp.evidence:  # the stage's input joined with its evidence once, on the driver (O(N))
+            inputs = build_stage_input(run, sp.id, sp.reads, sp.evidence, todo)
+            ds = ray.data.read_parquet([str(f) for f in inputs], num_cpus=_IO_CPUS)
+        else:
+            todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
+            ds = ray.data.read_parquet(_files_with(plan, todo), num_cpus=_IO_CPUS)
+            ds = ds.select_columns(list(sp.reads)).map_batches(
+                _keep_todo,
+                fn_kwargs={"todo": todo_ref},
+                batch_format="pyarrow",
+                batch_size=None,
+                num_cpus=_IO_CPUS,
+            )
         # One block per batch: Ray Data reads one block per parquet file, and an actor pool hands out
         # whole blocks, so without this a big shard would keep all but one actor idle.
         ds = ds.repartition(target_num_rows_per_block=sp.config.batch_size)
@@ -331,6 +336,7 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
                 if r["restarted"]:
                     restarted.add(r["worker"])
                 progress.update(task, advance=r["n"], drops=drops, rate=_rate(n, time.time() - t0))
+    remove_stage_input(run, sp.id)
     if splits:
         extra[OOM_SPLITS] = splits
     m = stage_metrics(

@@ -83,7 +83,9 @@ class HFLlava:
     ):
         import torch
         from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         path = Path(path)
         if not (path / "config.json").is_file():
             raise LoupeError(f"--model: {path} has no config.json (not a Hugging Face model folder)")

@@ -1,4 +1,11 @@
-"""duckdb over a run: every table directory becomes a view named after it (``samples``, ``ocr``, ...)."""
+"""duckdb over a run: every table directory becomes a view named after it (``samples``, ``ocr``, ...).
+
+Read-only by construction: each table is registered as a pyarrow dataset (checksum-verified reads,
+``RunDir.dataset``), then the connection is opened up to nothing else: ``enable_external_access``
+is off (no ``read_csv('/etc/passwd')``, ``COPY ... TO``, ``ATTACH``, ``INSTALL``, ``EXPORT DATABASE``)
+and ``lock_configuration`` stops a query from turning it back on. A query can create temporary
+in-memory tables and views; nothing it does reaches a file.
+"""
 
 from __future__ import annotations
 
@@ -28,28 +35,47 @@ def resolve_run(path: str | Path) -> RunDir:
 
 
 def connect(run: RunDir) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+    """An in-memory duckdb with one view per table, the ``live`` view, and no file access at all."""
+    con = duckdb.connect(
+        config={
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+    )
     for name, (_, schema) in TABLES.items():
-        files = [str(f) for f in run.shard_files(name)]
-        if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name=true)")
-        else:
-            con.register(f"_empty_{name}", schema.empty_table())
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
+        check_footers(run, name)
+        ds = run.dataset(name)
+        con.register(name, ds if ds is not None else schema.empty_table())
     # samples still in the dataset after every stage (ingest failures fixed by a retry don't count)
     con.execute(
         "CREATE VIEW live AS SELECT * FROM samples WHERE uid NOT IN "
         "(SELECT uid FROM drops WHERE stage <> 'ingest')"
     )
+    con.execute("SET lock_configuration = true")
     return con
+
+
+def check_footers(run: RunDir, table: str) -> None:
+    """A truncated or foreign shard is a one-line error naming it (``loupe run`` quarantines it)."""
+    import pyarrow.parquet as pq
+
+    for f in run.shard_files(table):
+        try:
+            pq.read_schema(f)
+        except (pa.ArrowException, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise LoupeError(
+                f"shard {f} is not readable parquet ({first}); rerun `loupe run` on the recipe to "
+                "quarantine and redo it"
+            ) from None
 
 
 def query(run: RunDir, sql: str):
     con = connect(run)
     try:
         return fetch_arrow(con.sql(sql))
-    except duckdb.Error as e:
+    except (duckdb.Error, pa.ArrowException, OSError) as e:
         raise LoupeError(f"query failed: {e}".splitlines()[0]) from None
     finally:
         con.close()

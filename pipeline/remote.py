@@ -41,7 +41,7 @@ SYNC_RECORD = ".loupe-sync.json"
 #: Files that change in place: uploaded on every sync, whatever their size.
 MUTABLE = ("manifest.json", "export/")
 #: Files that belong to one machine only (the Ray driver's fencing token).
-LOCAL_ONLY = ("_state/ray_owner",)
+LOCAL_ONLY = ("_state/ray_owner", "_state/writer.lock", "_state/verified.json")
 
 
 def is_uri(where: str) -> bool:

@@ -11,15 +11,26 @@ then its table rows (``<table>/<shard>.parquet``) whose footer metadata lists ev
 batch accounted for. The table shard is the commit record: a uid is done for a stage iff some
 shard of that stage covers it. A drops shard whose partner never landed is an orphan of a
 killed batch and is deleted before the next run, so the batch is redone exactly once.
+
+One writer: ``loupe run`` holds an exclusive ``flock`` on ``_state/writer.lock`` for its whole
+life (:meth:`RunDir.writer_lock`); a second writer is refused with the holder's pid, host and
+command. The kernel drops the lock when its process dies (even by kill -9), so a lock file left by
+a dead process is taken over by the next run. Integrity of committed shards (footer metadata,
+lineage, page checksums) is checked by :mod:`loupe.pipeline.integrity`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
+import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +43,90 @@ from loupe.schemas.tables import DROPS, TABLES
 COVERED_KEY = b"loupe.covered"
 STAGE_KEY = b"loupe.stage"
 PARTNER_KEY = b"loupe.partner"
+LINEAGE_KEY = b"loupe.lineage"
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = "_state/writer.lock"
+#: parquet page checksums (CRC32) are written with every shard and verified on every read, so a
+#: garbled page is an error naming the shard, never silently different bytes
+READ_OPTIONS = {"page_checksum_verification": True}
 
 
 def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(e, path) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(e, path) from None
+
+
+def disk_error(e: OSError, path: Path) -> Exception:
+    """A full or read-only disk as a one-line :class:`LoupeError` naming the path (others unchanged)."""
+    from loupe.pipeline.errors import LoupeError
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LoupeError(f"{path}: no space left on the device; free space and rerun to resume")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return LoupeError(f"{path}: cannot write ({os.strerror(e.errno)}); fix the permissions and rerun")
+    return e
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, lineage: str | None = None):
         self.path = Path(path)
+        #: written into every shard's footer; shards of another lineage are foreign (integrity check)
+        self.lineage = lineage
+
+    # ------------------------------------------------------------------ one writer
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold the run dir's exclusive writer lock (``flock``) while the block runs.
+
+        A second writer gets a one-line :class:`LoupeError` naming the holder. The kernel releases
+        the lock when the holder dies, so a file left by a dead process is simply taken over.
+        """
+        from loupe.pipeline.errors import LoupeError
+
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise disk_error(e, self.lock_path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise LoupeError(
+                f"run dir {self.path} is being written by another run ({holder}); wait for it to finish "
+                f"or stop it (lock {self.lock_path})"
+            ) from None
+        try:
+            cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+            info = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%H:%M:%S')}: {cmd}"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # ------------------------------------------------------------------ layout
     def table_dir(self, table: str | None, stage: str | None = None) -> Path:
@@ -81,9 +156,10 @@ class RunDir:
         shard = f"{stage}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:10]}"
         target = self.table_dir(table, stage) / f"{shard}.parquet"
         if drops is not None and drops.num_rows:
-            drops = drops.cast(DROPS).replace_schema_metadata(
-                {PARTNER_KEY: str(target.relative_to(self.path)).encode(), STAGE_KEY: stage.encode()}
-            )
+            dmeta = {PARTNER_KEY: str(target.relative_to(self.path)).encode(), STAGE_KEY: stage.encode()}
+            if self.lineage:
+                dmeta[LINEAGE_KEY] = self.lineage.encode()
+            drops = drops.cast(DROPS).replace_schema_metadata(dmeta)
             _atomic_write_parquet(drops, self.table_dir("drops") / f"{shard}.parquet")
         if rows is None:
             schema = TABLES[table][1] if table else pa.schema([("uid", pa.string())])
@@ -91,6 +167,8 @@ class RunDir:
         elif table is not None:
             rows = rows.select(TABLES[table][1].names).cast(TABLES[table][1])
         meta = {COVERED_KEY: json.dumps(sorted(set(covered))).encode(), STAGE_KEY: stage.encode()}
+        if self.lineage:
+            meta[LINEAGE_KEY] = self.lineage.encode()
         _atomic_write_parquet(rows.replace_schema_metadata(meta), target)
         return shard
 
@@ -127,7 +205,10 @@ class RunDir:
         files = self.shard_files(table)
         if not files:
             return None
-        return pads.dataset([str(f) for f in files], format="parquet", schema=TABLES[table][1])
+        fmt = pads.ParquetFileFormat(
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(**READ_OPTIONS)
+        )
+        return pads.dataset([str(f) for f in files], format=fmt, schema=TABLES[table][1])
 
     def read_table(
         self, table: str, columns: list[str] | None = None, filter_uids: Iterable[str] | None = None

@@ -181,7 +181,8 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
 def run_local(plan: Plan, console: Console | None = None, quiet: bool = False) -> dict[str, dict]:
     console = console or Console(stderr=True)
     metrics: dict[str, dict] = {}
-    with remote_sync(plan, console):
+    # one writer per run dir: a second `loupe run` of the same recipe and output is refused
+    with plan.run.writer_lock(), remote_sync(plan, console):
         open_run(plan, "local")
         with _progress(console, quiet) as progress:
             metrics["ingest"] = run_ingest(plan, progress)

@@ -77,7 +77,14 @@ def run_root(loaded: LoadedRecipe, output: str | None = None) -> Path:
     where = output or loaded.recipe.output
     if is_uri(where):
         raise LoupeError(f"{'--output' if output else 'output'}: {where!r} is a URI, not a local path")
-    return loaded.resolve(where) / loaded.recipe.name
+    root = loaded.resolve(where)
+    for p in (root, root / loaded.recipe.name):
+        if p.exists() and not p.is_dir():
+            raise LoupeError(
+                f"{'--output' if output else 'output'}: {where!r} is not a folder ({p} is a file); "
+                "name a folder for the runs"
+            )
+    return root / loaded.recipe.name
 
 
 def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None = None) -> Plan:
@@ -88,9 +95,9 @@ def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None
     remote = None
     if is_uri(where):
         remote = RemoteRun(where, loaded.recipe.name, lineage, field="--output" if output else "output")
-        run = RunDir(remote.staging)
+        run = RunDir(remote.staging, lineage=lineage)
     else:
-        run = RunDir(run_root(loaded, output) / lineage)
+        run = RunDir(run_root(loaded, output) / lineage, lineage=lineage)
     plan = Plan(loaded=loaded, run=run, lineage=lineage, remote=remote, limit=limit)
     for sid, cfg in zip(stage_ids(loaded.recipe), loaded.recipe.stages):
         cls = _load(STAGES[cfg.stage])
@@ -141,9 +148,14 @@ def remote_sync(plan: Plan, console: Any = None) -> Iterator[None]:
 
 def open_run(plan: Plan, executor: str) -> None:
     from loupe import pipeline as _pkg  # noqa: F401  (version lookup below)
+    from loupe.pipeline.integrity import verify_run
 
     run = plan.run
     run.path.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    quarantined = verify_run(
+        run, warn=lambda msg: console.print(f"warning: {msg}", style="yellow", highlight=False, markup=False)
+    )
     removed = run.cleanup()
     m = run.manifest()
     run.update_manifest(
@@ -158,6 +170,7 @@ def open_run(plan: Plan, executor: str) -> None:
         status="running",
         stage_order=["ingest", *[s.id for s in plan.stages]],
         cleaned_orphans=removed,
+        quarantined=[*m.get("quarantined", []), *[{"shard": p, "reason": r} for p, r in quarantined]],
     )
 
 

@@ -131,8 +131,8 @@ def connect(address: str | None, quiet: bool = False, num_cpus: int | None = Non
 class FencedRunDir(RunDir):
     """A run dir that commits only while ``token`` is the run's current owner (``_state/ray_owner``)."""
 
-    def __init__(self, path: str | os.PathLike, token: str):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, token: str, lineage: str | None = None):
+        super().__init__(path, lineage=lineage)
         self.token = token
 
     @property
@@ -154,7 +154,7 @@ class FencedRunDir(RunDir):
 
 def fenced(plan: Plan) -> Plan:
     """A copy of ``plan`` whose run dir is fenced by a new owner token, which it takes now."""
-    run = FencedRunDir(plan.run.path, uuid.uuid4().hex)
+    run = FencedRunDir(plan.run.path, uuid.uuid4().hex, lineage=plan.run.lineage)
     run.take_ownership()
     return dataclasses.replace(plan, run=run)
 
@@ -421,7 +421,9 @@ def run_ray(
         metrics: dict[str, dict] = {}
         # A URI output: the staging dir is copied down first (before fencing, so the remote never
         # overwrites this driver's owner token) and uploaded after each stage.
-        with remote_sync(plan, console):
+        # One writer per run dir (the driver holds the lock file); the owner token below fences
+        # the workers of an earlier, stopped driver.
+        with plan.run.writer_lock(), remote_sync(plan, console):
             # Own the run dir before open_run cleans up orphans: a stopped job's late workers must not
             # commit into the state this run is about to read.
             plan = fenced(plan)

@@ -1,4 +1,9 @@
-"""Ingest images from a local folder, with optional sidecar alt-text files."""
+"""Ingest images from a local folder, with optional sidecar alt-text files.
+
+A file's uid includes its bytes' sha256, so a file edited since the last run is a new sample. The
+samples of files that changed or disappeared since they were ingested get a ``source_check`` drop
+row (``source_changed`` / ``source_missing``) on the next run, so they are never exported stale.
+"""
 
 from __future__ import annotations
 
@@ -33,11 +38,13 @@ class LocalFolder(Source):
         root = self.ctx.resolve(self.config.path)
         rows: list[dict] = []
         drops: list[dict] = []
+        seen: dict[str, str] = {}  # uid -> relative path of every file found now
         for path in self.files():
             rel = path.relative_to(root).as_posix()
             data = path.read_bytes()
             digest = sha256_hex(data)
             uid = local_uid(self.name, rel, digest)
+            seen[uid] = rel
             if uid in skip:
                 continue
             try:
@@ -72,6 +79,29 @@ class LocalFolder(Source):
                 rows, drops = [], []
         if rows or drops:
             yield self._out(rows, drops)
+        stale = self._stale(seen)
+        if stale:
+            yield StageOutput(drops=drops_table(stale), covered=[])
+
+    def _stale(self, seen: dict[str, str]) -> list[dict]:
+        """Drop rows for this source's ingested samples whose file changed or vanished since."""
+        run = self.ctx.run
+        if run is None:
+            return []
+        old = run.read_table("samples", ["uid", "source", "source_id", "sha256"]).to_pylist()
+        dropped = run.read_table("drops", ["uid", "stage"]).to_pylist()
+        already = {d["uid"] for d in dropped if d["stage"] == "source_check"}
+        now = set(seen.values())
+        out = []
+        for r in old:
+            if r["source"] != self.name or r["uid"] in seen or r["uid"] in already:
+                continue
+            rel = r["source_id"]
+            reason = "source_changed" if rel in now else "source_missing"
+            what = "its bytes changed" if rel in now else "it is gone"
+            detail = f"{rel}: {what} since it was ingested (sha256 was {(r['sha256'] or '')[:12]})"
+            out.append({"uid": r["uid"], "stage": "source_check", "reason": reason, "detail": detail})
+        return out
 
     @staticmethod
     def _out(rows: list[dict], drops: list[dict]) -> StageOutput:

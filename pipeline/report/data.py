@@ -202,11 +202,10 @@ def read_lengths(con: duckdb.DuckDBPyConnection, run: RunDir) -> tuple[list[int]
     tokens: list[int] = []
     records = run.path / "export" / "records.parquet"
     if records.exists():
+        import pyarrow.parquet as pq  # the query connection reads no files itself (read-only)
+
         tokens = [
-            r[0]
-            for r in con.execute(
-                "SELECT tokens FROM read_parquet(?) WHERE tokens IS NOT NULL", [str(records)]
-            ).fetchall()
+            t for t in pq.read_table(records, columns=["tokens"])["tokens"].to_pylist() if t is not None
         ]
     words = [r[0] for r in con.execute("SELECT n_words FROM captions WHERE n_words IS NOT NULL").fetchall()]
     stats_path = run.path / "export" / "stats.json"

@@ -1,0 +1,169 @@
+"""Shard integrity: find garbled, truncated or foreign shards in a run dir and quarantine them.
+
+Every shard :meth:`RunDir.commit` writes carries, in its parquet footer, the stage that wrote it
+(``loupe.stage``, also the prefix of its file name), the run's lineage hash (``loupe.lineage``)
+and the uids it accounts for (``loupe.covered``); its pages carry CRC32 checksums. Before a run
+writes anything, :func:`verify_run` reads each shard it has not verified before, end to end with
+checksum verification, and checks:
+
+* the footer parses and the schema holds the table's columns (a truncated or foreign file fails);
+* the stage in the footer matches the file name, the lineage matches the run's;
+* every row's uid is one the shard's footer says it covers (a drops shard: its partner's stage).
+
+A shard that fails is moved to ``_quarantine/<table dir>/`` with a ``.reason`` file, together with
+the other half of its batch (a drops shard and its table shard share one shard id): the batch's
+uids are then not done, so the run redoes them exactly once; a warning names each shard. Verified
+shards are remembered by name, size and mtime in ``_state/verified.json`` so a resume does not
+re-read unchanged shards; bytes read later are still checksum-verified (``RunDir.dataset``).
+
+This mirrors what DataTrove and img2dataset do for their outputs (a shard is done only when its
+completion record is intact) with parquet's own page checksums doing the byte-level check.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loupe.pipeline.rundir import (
+    COVERED_KEY,
+    LINEAGE_KEY,
+    PARTNER_KEY,
+    STAGE_KEY,
+    TMP_PREFIX,
+    RunDir,
+    atomic_write_text,
+)
+from loupe.schemas.tables import TABLES
+
+QUARANTINE = "_quarantine"
+VERIFIED = "_state/verified.json"
+
+
+def shard_dirs(run: RunDir) -> list[tuple[str | None, Path]]:
+    """``(table or None, folder)`` for every folder that holds committed shards."""
+    dirs: list[tuple[str | None, Path]] = [(t, run.path / d) for t, (d, _) in TABLES.items()]
+    state = run.path / "_state"
+    if state.is_dir():
+        dirs += [(None, d) for d in sorted(state.iterdir()) if d.is_dir()]
+    return [(t, d) for t, d in dirs if d.is_dir()]
+
+
+def check_shard(run: RunDir, table: str | None, path: Path) -> str | None:
+    """Why the shard at ``path`` cannot be trusted, or None when it is intact."""
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        meta = pf.schema_arrow.metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        return f"unreadable parquet footer ({_first_line(e)})"
+    stage = meta.get(STAGE_KEY, b"").decode(errors="replace")
+    if not stage:
+        return "no loupe.stage in the footer (not written by Loupe)"
+    if not path.name.startswith(f"{stage}-"):
+        return f"footer names stage {stage!r} but the file name does not"
+    lineage = meta.get(LINEAGE_KEY, b"").decode(errors="replace")
+    if run.lineage and lineage and lineage != run.lineage:
+        return f"written by another run (lineage {lineage}, this run is {run.lineage})"
+    if table is not None:
+        missing = [c for c in TABLES[table][1].names if c not in pf.schema_arrow.names]
+        if missing:
+            return f"columns {missing} of table {table!r} are missing"
+    try:
+        t = pf.read()  # every page, checksums verified
+    except (pa.ArrowException, OSError) as e:
+        return f"garbled data ({_first_line(e)})"
+    if table == "drops":
+        return None if PARTNER_KEY in meta else "no loupe.partner in the footer (not written by Loupe)"
+    if COVERED_KEY not in meta:
+        return "no loupe.covered in the footer (not written by Loupe)"
+    try:
+        covered = set(json.loads(meta[COVERED_KEY]))
+    except ValueError:
+        return "loupe.covered in the footer is not a JSON list"
+    if "uid" in t.column_names:
+        extra = set(t.column("uid").to_pylist()) - covered
+        if extra:
+            return f"{len(extra)} row uid(s) not in the footer's covered list, e.g. {sorted(extra)[0]}"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _key(p: Path) -> str:
+    st = p.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def quarantine(run: RunDir, path: Path, reason: str) -> Path:
+    """Move ``path`` under ``_quarantine/`` (same relative folder) with a ``.reason`` file beside it."""
+    rel = path.relative_to(run.path)
+    dest = run.path / QUARANTINE / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), dest)
+    atomic_write_text(dest.with_name(dest.name + ".reason"), reason + "\n")
+    return dest
+
+
+def verify_run(run: RunDir, warn=None) -> list[tuple[str, str]]:
+    """Check every not-yet-verified shard; quarantine bad ones with their batch partner.
+
+    Returns ``[(relative path, reason)]`` of the shards moved; ``warn(msg)`` is called for each.
+    """
+    if not run.path.is_dir():
+        return []
+    vpath = run.path / VERIFIED
+    try:
+        verified: dict[str, str] = json.loads(vpath.read_text()) if vpath.exists() else {}
+    except ValueError:
+        verified = {}
+    shards = [
+        (t, p)
+        for t, d in shard_dirs(run)
+        for p in sorted(d.glob("*.parquet"))
+        if not p.name.startswith(TMP_PREFIX)
+    ]
+    bad: dict[Path, str] = {}
+    for table, p in shards:
+        rel = str(p.relative_to(run.path))
+        if verified.get(rel) == _key(p):
+            continue
+        why = check_shard(run, table, p)
+        if why is None:
+            verified[rel] = _key(p)
+        else:
+            bad[p] = why
+    # the other half of a bad batch goes too: same shard id in drops/ and in the table folder
+    by_name: dict[str, list[Path]] = {}
+    for _, p in shards:
+        by_name.setdefault(p.name, []).append(p)
+    for p, why in list(bad.items()):
+        for q in by_name.get(p.name, []):
+            bad.setdefault(q, f"partner of quarantined {p.relative_to(run.path)} ({why})")
+    moved = []
+    for p, why in bad.items():
+        rel = str(p.relative_to(run.path))
+        quarantine(run, p, why)
+        verified.pop(rel, None)
+        moved.append((rel, why))
+        if warn:
+            warn(f"shard {rel} quarantined: {why}; its uids are redone (kept in {QUARANTINE}/{rel})")
+    live = {str(p.relative_to(run.path)) for _, p in shards if p not in bad}
+    atomic_write_text(vpath, json.dumps({k: v for k, v in verified.items() if k in live}, sort_keys=True))
+    return moved
+
+
+def forget_verified(run: RunDir, path: Path) -> None:
+    """Make the next :func:`verify_run` read ``path`` again (after a read error met it)."""
+    vpath = run.path / VERIFIED
+    try:
+        verified = json.loads(vpath.read_text())
+    except (OSError, ValueError):
+        return
+    if verified.pop(str(Path(path).relative_to(run.path)), None) is not None:
+        atomic_write_text(vpath, json.dumps(verified, sort_keys=True))

@@ -294,6 +294,12 @@ def report(
     out.print(f"report: {path}")
 
 
+from loupe.eval.cli import EPILOG as _EVAL_EPILOG  # noqa: E402  (typer only; eval's heavy parts load lazily)
+from loupe.eval.cli import eval_command  # noqa: E402
+
+app.command("eval", epilog=_EVAL_EPILOG)(eval_command)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

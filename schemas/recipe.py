@@ -116,7 +116,29 @@ class PhashDedupConfig(StageConfig):
     stage: Literal["phash_dedup"]
     hash_size: int = Field(8, ge=4, le=32, description="pHash side; the hash has hash_size² bits.")
     max_distance: int = Field(
-        6, ge=0, description="Hamming distance at or below which images are duplicates."
+        6, ge=0, description="Hamming distance at or below which images are duplicate candidates."
+    )
+    max_distances: list[int] = Field(
+        [], description="Extra distances whose kept counts are reported (kept_max_distance_<d> metrics)."
+    )
+    confirm: bool = Field(
+        True,
+        description="Confirm each candidate pair on 64x64 thumbnails (blocks may shift 3 px) so images "
+        "that differ in one region, e.g. signs with different words, are never merged.",
+    )
+    confirm_threshold: float = Field(
+        0.55, gt=0, description="Largest block difference (in standard deviations) of a confirmed pair."
+    )
+    min_contrast: float = Field(
+        3.0,
+        ge=0,
+        description="Images whose grey thumbnail has a lower standard deviation (0-255; flat colour, "
+        "blank scans) are never merged: their hash carries no information.",
+    )
+    keep: Literal["largest", "first"] = Field(
+        "largest",
+        description="Which copy stays: largest (most pixels; a palette GIF/PNG never beats a true-colour "
+        "copy) or first ((source, source_id, uid) order: sorted path in a folder, row order in a URL list).",
     )
 
 

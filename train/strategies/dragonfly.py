@@ -25,15 +25,27 @@ in their original order — the Dragonfly README's "zoom-in patch selection" as 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from loupe.train.strategies.base import (
+    Strategy,
+    build_llm,
+    build_vision_tower,
+    clip_pixels,
+    image_token_id,
+    vision_config,
+)
+from loupe.train.strategies.composite import MultimodalLM
 from loupe.train.strategies.tiles import Size, divide_to_patches, select_best_resolution
 
 MID_SCALES = ((2, 2), (1, 4), (4, 1))  # in units of the crop size (processing_dragonfly.py L232)
+MID_CROPS = 4  # every candidate is 4 crops: 2×2, 1×4, 4×1
 HIGH_ZOOM = 3  # high resolution = 3 × mid (L236)
 POOL_KERNEL = 4  # 24×24 → 6×6 (modeling_dragonfly.py L294)
 
@@ -52,7 +64,10 @@ def dragonfly_layout(image_size: Size, crop: int = 336) -> DragonflyLayout:
     mid = select_best_resolution(image_size, [(cw * crop, ch * crop) for cw, ch in MID_SCALES])
     high = (mid[0] * HIGH_ZOOM, mid[1] * HIGH_ZOOM)
     return DragonflyLayout(
-        mid=mid, high=high, mid_crops=(mid[0] // crop) * (mid[1] // crop), high_crops=(high[0] // crop) * (high[1] // crop)
+        mid=mid,
+        high=high,
+        mid_crops=(mid[0] // crop) * (mid[1] // crop),
+        high_crops=(high[0] // crop) * (high[1] // crop),
     )
 
 
@@ -64,7 +79,11 @@ class DragonflyTokens:
 
 
 def dragonfly_token_count(
-    grid: int = 24, pool_kernel: int = POOL_KERNEL, mid_crops: int = 4, high_crops: int = 36, zoom_top_k: int | None = None
+    grid: int = 24,
+    pool_kernel: int = POOL_KERNEL,
+    mid_crops: int = 4,
+    high_crops: int = 36,
+    zoom_top_k: int | None = None,
 ) -> DragonflyTokens:
     """Token arithmetic. Golden (CLIP-L/14 at 336, grid 24): 2057 embeddings, 2098 positions;
     with ``zoom_top_k=k`` the high-res crops drop to k."""
@@ -73,7 +92,9 @@ def dragonfly_token_count(
     kept_high = high_crops if zoom_top_k is None else min(zoom_top_k, high_crops)
     crop_tokens = 1 + (grid // pool_kernel) ** 2
     per_view = (1 + grid * grid,) + (crop_tokens,) * (mid_crops + kept_high)
-    return DragonflyTokens(embeddings=sum(per_view), positions=sum(per_view) + len(per_view), per_view=per_view)
+    return DragonflyTokens(
+        embeddings=sum(per_view), positions=sum(per_view) + len(per_view), per_view=per_view
+    )
 
 
 def dragonfly_crops(image: Image.Image, crop: int) -> list[Image.Image]:
@@ -93,14 +114,15 @@ def select_zoom_crops(crop_embeds: torch.Tensor, question: torch.Tensor, k: int)
     return sim.topk(k).indices.sort().values
 
 
-class DragonflyVisionEncoder(nn.Module):
-    """CLIP + ``vision_embed_tokens`` + crop pooling: ``[n_views, 3, s, s]`` → one
-    ``[tokens, llm_hidden]`` tensor per view (low-res first)."""
+class DragonflyEncoder(nn.Module):
+    """CLIP + ``vision_embed_tokens`` + crop pooling + newline embeddings:
+    ``pixel_values`` ``[b, 41, 3, s, s]`` → ``b × [positions, llm_hidden]``."""
 
     def __init__(
         self,
         vision: nn.Module,
         llm_hidden: int,
+        newline_id: int,
         pool_kernel: int = POOL_KERNEL,
         feature_layer: int = -2,
         zoom_top_k: int | None = None,
@@ -108,24 +130,114 @@ class DragonflyVisionEncoder(nn.Module):
         super().__init__()
         self.vision = vision
         self.projector = nn.Linear(vision.config.hidden_size, llm_hidden)  # vision_embed_tokens, L165
+        self.newline_id = int(newline_id)
         self.pool_kernel = pool_kernel
         self.feature_layer = feature_layer
         self.zoom_top_k = zoom_top_k
         self.grid = vision.config.image_size // vision.config.patch_size
 
-    def forward(
-        self, views: torch.Tensor, mid_crops: int = 4, question: torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
-        feats = self.vision(views, output_hidden_states=True).hidden_states[self.feature_layer]
-        feats = self.projector(feats)  # [n, 1 + grid², d], CLS kept
-        low, crops = feats[0], feats[1:]
-        n, _, d = crops.shape
-        grid_map = crops[:, 1:].reshape(n, self.grid, self.grid, d).permute(0, 3, 1, 2)
+    def views(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[b, 1 + crops, 3, s, s]`` → (low-res ``[b, 1 + grid², d]``, crops ``[b, crops, 1 + (grid/k)², d]``)."""
+        b, n = pixel_values.shape[:2]
+        feats = self.vision(pixel_values.flatten(0, 1), output_hidden_states=True).hidden_states[
+            self.feature_layer
+        ]
+        feats = self.projector(feats).unflatten(0, (b, n))  # CLS kept, projected before pooling (L283-284)
+        low, crops = feats[:, 0], feats[:, 1:].flatten(0, 1)
+        d = crops.shape[-1]
+        grid_map = crops[:, 1:].reshape(-1, self.grid, self.grid, d).permute(0, 3, 1, 2)
         pooled = F.avg_pool2d(grid_map, kernel_size=self.pool_kernel, stride=self.pool_kernel)
         crops = torch.cat([crops[:, :1], pooled.flatten(2).transpose(1, 2)], dim=1)
-        if self.zoom_top_k is not None:
-            if question is None:
-                raise ValueError("dragonfly zoom_top_k needs the question's token embeddings")
-            keep = select_zoom_crops(crops[mid_crops:], question, self.zoom_top_k) + mid_crops
-            crops = torch.cat([crops[:mid_crops], crops[keep]], dim=0)
-        return [low] + list(crops.unbind(0))
+        return low, crops.unflatten(0, (b, n - 1))
+
+    def forward(self, images: dict[str, torch.Tensor], ctx: Any) -> tuple[list[torch.Tensor], None]:
+        low, crops = self.views(images["pixel_values"])
+        newline = ctx.embed(torch.tensor([self.newline_id], device=low.device)).to(low.dtype)
+        mid = MID_CROPS
+        out = []
+        for i in range(low.shape[0]):
+            kept = crops[i]
+            if self.zoom_top_k is not None:
+                question = ctx.text[i][ctx.prompt[i]] if bool(ctx.prompt[i].any()) else ctx.text[i]
+                keep = select_zoom_crops(kept[mid:], question, self.zoom_top_k) + mid
+                kept = torch.cat([kept[:mid], kept[keep]], dim=0)
+            views = [low[i]] + list(kept.unbind(0))
+            out.append(torch.cat([t for v in views for t in (v, newline)], dim=0))
+        return out, None
+
+
+class DragonflyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    zoom_top_k: int | None = Field(
+        None,
+        ge=1,
+        description="Zoom-in selection: keep this many high-res crops, those most similar to the question "
+        "(the release keeps all 36: leave unset).",
+    )
+    pool_kernel: int = Field(
+        POOL_KERNEL, ge=1, description="Average-pool kernel on each crop's patch grid (24 → 6)."
+    )
+    newline_token: str | None = Field(
+        None,
+        description="Token whose embedding follows each view. Default: <|reserved_special_token_1|> "
+        "(the release, Llama-3) when the tokenizer has it, else the tokenizer's newline.",
+    )
+
+
+PROJECTOR = ("encoder.projector.*",)
+LLM = ("language_model.*",)
+
+
+class DragonflyStrategy(Strategy):
+    name = "dragonfly"
+    Options = DragonflyOptions
+    # Dragonfly stage 1 (train_dragonfly_stage1.sh --tune_vision_embed_tokens_only) / stage 2
+    trainable_presets = {"pretrain": PROJECTOR, "finetune": PROJECTOR + LLM}
+
+    def arithmetic(self, width: int, height: int) -> DragonflyTokens:
+        vc = vision_config(self.cfg.vision, self)
+        lay = dragonfly_layout((width, height), vc.image_size)
+        return dragonfly_token_count(
+            vc.image_size // vc.patch_size,
+            self.options.pool_kernel,
+            lay.mid_crops,
+            lay.high_crops,
+            self.options.zoom_top_k,
+        )
+
+    def image_token_count(self, width: int, height: int, n_boxes: int = 0) -> int:
+        """Positions: visual embeddings + one newline per view (2098 at CLIP-L/14-336)."""
+        return self.arithmetic(width, height).positions
+
+    def preprocess(self, image: Image.Image, boxes: Any = None, question: str | None = None) -> dict:
+        size = self.vision_image_size()
+        crops = dragonfly_crops(image.convert("RGB"), size)
+        return {"pixel_values": torch.stack([clip_pixels(c, size) for c in crops])}
+
+    def newline_id(self, tokenizer: Any) -> int:
+        name = self.options.newline_token
+        if name is None:
+            name = (
+                "<|reserved_special_token_1|>"
+                if "<|reserved_special_token_1|>" in tokenizer.get_vocab()
+                else "\n"
+            )
+        ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(
+                f"model.options.newline_token: {name!r} is {len(ids)} tokens for this tokenizer, need 1"
+            )
+        return ids[0]
+
+    def build_model(self, tokenizer: Any) -> MultimodalLM:
+        vision = build_vision_tower(self.cfg.vision, self)
+        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        encoder = DragonflyEncoder(
+            vision,
+            llm.get_input_embeddings().embedding_dim,
+            self.newline_id(tokenizer),
+            self.options.pool_kernel,
+            self.cfg.vision_feature_layer,
+            self.options.zoom_top_k,
+        )
+        return MultimodalLM(encoder, llm, image_token_id(tokenizer))

@@ -32,14 +32,26 @@ Token count: 576 + number of boxes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchvision.ops import roi_align
 
+from loupe.train.strategies.base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Strategy,
+    build_llm,
+    build_vision_tower,
+    image_token_id,
+    vision_config,
+)
+from loupe.train.strategies.composite import MultimodalLM
 from loupe.train.strategies.tiles import expand_to_square, mean_fill
 
 
@@ -103,7 +115,9 @@ class DualPathFuse(nn.Module):
         self.slow_proj = nn.Conv2d(high_dim, low_dim, 1)
         self.fast_conv = nn.Conv2d(low_dim, low_dim, 7, padding=3, groups=low_dim)
         self.fast_proj = nn.Conv2d(low_dim, low_dim, 1)
-        self.gate = nn.Sequential(nn.Linear(low_dim * 2, max(1, low_dim // 2)), nn.GELU(), nn.Linear(max(1, low_dim // 2), 1))
+        self.gate = nn.Sequential(
+            nn.Linear(low_dim * 2, max(1, low_dim // 2)), nn.GELU(), nn.Linear(max(1, low_dim // 2), 1)
+        )
         for conv in (self.slow_conv, self.fast_conv):
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -128,7 +142,7 @@ def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
-class MGLLaVAVisionEncoder(nn.Module):
+class MGLlavaEncoder(nn.Module):
     """CLIP + ConvNeXt (both frozen upstream) + fusion + projectors → one ``[576 + boxes, llm]``
     tensor per image."""
 
@@ -149,11 +163,13 @@ class MGLLaVAVisionEncoder(nn.Module):
         stride = acfg.patch_size * 2 ** (len(acfg.hidden_sizes) - 1)
         if aux_size // stride != self.grid:
             raise ValueError(
-                f"mg_llava: aux_size {aux_size} / ConvNeXt stride {stride} = {aux_size // stride}, "
+                f"model.options.aux_size: {aux_size} / ConvNeXt stride {stride} = {aux_size // stride}, "
                 f"but the CLIP grid is {self.grid}; they must match (768/32 = 336/14 = 24 upstream)"
             )
         if box_feature_levels not in ("all", "last"):
-            raise ValueError(f"mg_llava box_feature_levels {box_feature_levels!r}: expected 'all' or 'last'")
+            raise ValueError(
+                f"model.options.box_feature_levels: {box_feature_levels!r}: expected 'all' or 'last'"
+            )
         self.aux_size, self.roi_output_size, self.levels, self.feature_layer = (
             aux_size,
             roi_output_size,
@@ -169,10 +185,21 @@ class MGLLaVAVisionEncoder(nn.Module):
         if self.levels == "last":
             return stages[-1]
         size = stages[0].shape[-2:]
-        ups = [stages[0]] + [F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False) for s in stages[1:]]
+        ups = [stages[0]] + [
+            F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False) for s in stages[1:]
+        ]
         return torch.cat(ups, dim=1)
 
-    def forward(self, low: torch.Tensor, aux: torch.Tensor, boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, images: dict[str, torch.Tensor], ctx: Any = None) -> tuple[list[torch.Tensor], None]:
+        counts = (
+            images["box_counts"].tolist() if "box_counts" in images else [0] * images["pixel_values"].shape[0]
+        )
+        boxes = images["boxes"].split(counts) if "boxes" in images else [torch.zeros(0, 4)] * len(counts)
+        return self.encode(images["pixel_values"], images["pixel_values_aux"], boxes), None
+
+    def encode(
+        self, low: torch.Tensor, aux: torch.Tensor, boxes: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
         feats = self.vision(low, output_hidden_states=True).hidden_states[self.feature_layer][:, 1:]
         stages = self.aux(aux, output_hidden_states=True).hidden_states[1:]
         tokens = self.projector(self.fuse(feats, stages[-1]))
@@ -183,7 +210,91 @@ class MGLLaVAVisionEncoder(nn.Module):
                 out.append(tokens[i])
                 continue
             roi = roi_align(
-                fmap[i : i + 1], [b.to(fmap)], output_size=self.roi_output_size, spatial_scale=fmap.shape[-1] / self.aux_size
+                fmap[i : i + 1],
+                [b.to(fmap)],
+                output_size=self.roi_output_size,
+                spatial_scale=fmap.shape[-1] / self.aux_size,
             )
             out.append(torch.cat([tokens[i], self.bbox_projector(roi.mean(dim=(2, 3)))], dim=0))
         return out
+
+
+class MGLlavaOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    aux: dict[str, Any] | None = Field(
+        None,
+        description="High-res ConvNeXt tower: {path: <transformers ConvNext checkpoint>} or {config: "
+        "{ConvNextConfig kwargs}} (random init). Its last stage must give a CLIP-sized grid (768/32 = 24).",
+    )
+    aux_size: int = Field(768, ge=32, description="Input side of the ConvNeXt stream (image_size_aux).")
+    roi_output_size: int = Field(7, ge=1, description="RoIAlign output side before mean pooling.")
+    box_feature_levels: Literal["all", "last"] = Field(
+        "all",
+        description="Box features from all ConvNeXt stages at stage-0 resolution (release) or the last.",
+    )
+    max_boxes: int = Field(100, ge=0, description="Boxes per image, the first N as given (limit_num).")
+
+
+PROJECTORS = ("encoder.projector.*", "encoder.bbox_projector.*", "encoder.fuse.*")
+LLM = ("language_model.*",)
+
+
+class MGLlavaStrategy(Strategy):
+    name = "mg_llava"
+    Options = MGLlavaOptions
+    # pretrain config: freeze_llm=True, both vision towers frozen; sft: freeze_llm=False
+    trainable_presets = {"pretrain": PROJECTORS, "finetune": PROJECTORS + LLM}
+
+    def image_token_count(self, width: int, height: int, n_boxes: int = 0) -> int:
+        vc = vision_config(self.cfg.vision, self)
+        return mg_llava_token_count(vc.image_size // vc.patch_size, min(n_boxes, self.options.max_boxes))
+
+    def preprocess(self, image: Image.Image, boxes: Any = None, question: str | None = None) -> dict:
+        low, aux = mg_llava_pixels(
+            image, CLIP_MEAN, CLIP_STD, self.options.aux_size, self.vision_image_size()
+        )
+        b = (
+            torch.zeros(0, 4)
+            if boxes is None
+            else torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+        )
+        b = boxes_to_aux(b[: self.options.max_boxes], image.size, self.options.aux_size)
+        return {"pixel_values": low, "pixel_values_aux": aux, "boxes": b}
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pixels stacked; boxes of all images concatenated with ``box_counts`` [b]."""
+        if not items:
+            return {}
+        return {
+            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            "pixel_values_aux": torch.stack([it["pixel_values_aux"] for it in items]),
+            "boxes": torch.cat([it["boxes"] for it in items]),
+            "box_counts": torch.tensor([it["boxes"].shape[0] for it in items]),
+        }
+
+    def build_aux(self) -> nn.Module:
+        from transformers import ConvNextConfig, ConvNextModel
+
+        aux = self.options.aux
+        if not aux or ("path" in aux) == ("config" in aux):
+            raise ValueError(
+                "model.options.aux: mg_llava needs a ConvNeXt tower, {path: ...} or {config: {...}}"
+            )
+        if "config" in aux:
+            return ConvNextModel(ConvNextConfig(**aux["config"]))
+        return ConvNextModel.from_pretrained(self.resolve(aux["path"]))
+
+    def build_model(self, tokenizer: Any) -> MultimodalLM:
+        o = self.options
+        vision = build_vision_tower(self.cfg.vision, self)
+        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        encoder = MGLlavaEncoder(
+            vision,
+            self.build_aux(),
+            llm.get_input_embeddings().embedding_dim,
+            o.aux_size,
+            o.roi_output_size,
+            o.box_feature_levels,
+            self.cfg.vision_feature_layer,
+        )
+        return MultimodalLM(encoder, llm, image_token_id(tokenizer))

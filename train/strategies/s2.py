@@ -20,12 +20,27 @@ Training uses LLaVA's ordinary (non-anyres) settings (scaling_on_scales README, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from loupe.train.strategies.base import (
+    Strategy,
+    build_llm,
+    build_projector,
+    build_vision_tower,
+    clip_pixels,
+    image_token_id,
+    pad_to_square,
+    vision_config,
+)
+from loupe.train.strategies.composite import MultimodalLM
 
 DEFAULT_SCALES = (336, 672, 1008)
 
@@ -45,7 +60,9 @@ def s2_token_count(
     tiles (1, 4, 9)."""
     scales = sorted(int(s) for s in scales)
     if not scales or scales[0] % patch_size:
-        raise ValueError(f"s2 scales {scales}: the smallest scale must be a multiple of patch_size {patch_size}")
+        raise ValueError(
+            f"s2 scales {scales}: the smallest scale must be a multiple of patch_size {patch_size}"
+        )
     split = scales[0]
     grid = split // patch_size
     tiles = tuple(math.ceil(s / split) ** 2 for s in scales)
@@ -70,7 +87,7 @@ def merge_chessboard(x: torch.Tensor, num_split: int) -> torch.Tensor:
 
 
 def multiscale_forward(
-    features: nn.Module | callable, images: torch.Tensor, img_sizes: Sequence[int], max_split_size: int
+    features: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, img_sizes: Sequence[int], max_split_size: int
 ) -> torch.Tensor:
     """s2wrapper ``forward`` (core.py L14-62) for ViT features without prefix tokens:
     ``features(tiles) -> [n, h*w, c]``; returns ``[b, grid², c × len(img_sizes)]``."""
@@ -89,25 +106,83 @@ def multiscale_forward(
     return torch.cat(pooled, dim=1).flatten(2).transpose(1, 2)
 
 
-class S2VisionTower(nn.Module):
-    """CLIP run at several scales (LLaVA ``CLIPVisionTowerS2``): ``pixel_values`` at the largest
-    scale → ``[b, grid², hidden × len(scales)]``."""
+class S2Encoder(nn.Module):
+    """CLIP run at several scales (LLaVA ``CLIPVisionTowerS2``) + the projector:
+    ``pixel_values`` ``[b, 3, S, S]`` at the largest scale → ``b × [grid², llm_hidden]``."""
 
-    def __init__(self, vision: nn.Module, scales: Sequence[int] = DEFAULT_SCALES, feature_layer: int = -2):
+    def __init__(
+        self,
+        vision: nn.Module,
+        projector: nn.Module,
+        scales: Sequence[int] = DEFAULT_SCALES,
+        feature_layer: int = -2,
+    ):
         super().__init__()
         self.vision = vision
+        self.projector = projector
         self.scales = sorted(int(s) for s in scales)
         self.feature_layer = feature_layer
-        cfg = vision.config
-        if self.scales[0] != cfg.image_size:
+        if self.scales[0] != vision.config.image_size:
             raise ValueError(
-                f"s2 scales {self.scales}: the smallest scale must equal the vision tower's image_size {cfg.image_size}"
+                f"model.options.scales: the smallest scale {self.scales[0]} must equal the vision tower's "
+                f"image_size {vision.config.image_size}"
             )
-        self.arith = s2_token_count(cfg.hidden_size, cfg.patch_size, self.scales)
 
     def tile_features(self, tiles: torch.Tensor) -> torch.Tensor:
         out = self.vision(tiles, output_hidden_states=True).hidden_states[self.feature_layer]
         return out[:, 1:]  # 'patch' features: CLS dropped (clip_encoder.py L38-39)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def multiscale(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[b, grid², hidden × len(scales)]`` before the projector."""
         return multiscale_forward(self.tile_features, pixel_values, self.scales, self.scales[0])
+
+    def forward(self, images: dict[str, torch.Tensor], ctx: Any = None) -> tuple[list[torch.Tensor], None]:
+        return list(self.projector(self.multiscale(images["pixel_values"])).unbind(0)), None
+
+
+class S2Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scales: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Image sizes S2 sees; the smallest must be the tower's image_size. Default: 1×, 2×, 3× it "
+        "(336, 672, 1008 for CLIP-L/14-336, LLaVA's s2_scales).",
+    )
+
+
+PROJECTOR = ("encoder.projector.*",)
+LLM = ("language_model.*",)
+
+
+class S2Strategy(Strategy):
+    name = "s2"
+    Options = S2Options
+    trainable_presets = {"pretrain": PROJECTOR, "finetune": PROJECTOR + LLM}
+
+    def scales(self) -> list[int]:
+        s = self.vision_image_size()
+        return sorted(self.options.scales or [s, 2 * s, 3 * s])
+
+    def arithmetic(self) -> S2Tokens:
+        vc = vision_config(self.cfg.vision, self)
+        return s2_token_count(vc.hidden_size, vc.patch_size, self.scales())
+
+    def image_token_count(self, width: int, height: int, n_boxes: int = 0) -> int:
+        """576 at CLIP-L/14-336 for any image size: the image is made square at the largest scale."""
+        return self.arithmetic().tokens
+
+    def preprocess(self, image: Image.Image, boxes: Any = None, question: str | None = None) -> dict:
+        image = image.convert("RGB")
+        if self.cfg.image_aspect == "pad":
+            image = pad_to_square(image)
+        else:
+            image = image.resize((image.width, image.width))
+        return {"pixel_values": clip_pixels(image, self.scales()[-1])}
+
+    def build_model(self, tokenizer: Any) -> MultimodalLM:
+        vision = build_vision_tower(self.cfg.vision, self)
+        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        width = self.arithmetic().width
+        projector = build_projector(self.cfg.projector, width, llm.get_input_embeddings().embedding_dim)
+        encoder = S2Encoder(vision, projector, self.scales(), self.cfg.vision_feature_layer)
+        return MultimodalLM(encoder, llm, image_token_id(tokenizer))

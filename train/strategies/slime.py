@@ -25,7 +25,7 @@ anyres --mm_patch_merge_type spatial --mm_projector_type gated --mm_resampler_ty
 
 Token count before routing: 576 + 1 + crops × 144 (1153 for a square image on the pinpoints).
 Routing drops local tokens per sample; here they keep their slots but are masked out of
-attention, and the positions after them are compacted (``compact_position_ids``) so the
+attention, and the positions after them are compacted (``composite.MultimodalLM``) so the
 language model computes exactly what upstream's shorter sequence computes.
 """
 
@@ -33,15 +33,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.init import trunc_normal_
 
+from loupe.train.strategies.base import (
+    Strategy,
+    build_llm,
+    build_vision_tower,
+    clip_pixels,
+    image_token_id,
+    vision_config,
+)
+from loupe.train.strategies.composite import MultimodalLM
 from loupe.train.strategies.tiles import (
     Size,
     divide_to_patches,
@@ -82,7 +92,9 @@ def slime_token_count(grid: int = 24, local_grid: int = LOCAL_GRID, crops: int =
     """Token arithmetic before routing. Golden (CLIP-L/14 at 336): 576 + 1 + crops·144, e.g.
     1153 for a 2×2 grid, 865 for 1×2, 1009 for 1×3."""
     local = crops * local_grid * local_grid
-    return SlimeTokens(global_tokens=grid * grid, separator=1, local_tokens=local, total=grid * grid + 1 + local)
+    return SlimeTokens(
+        global_tokens=grid * grid, separator=1, local_tokens=local, total=grid * grid + 1 + local
+    )
 
 
 def top_p_keep(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -149,7 +161,9 @@ class GatedProjector(nn.Module):
 
     def __init__(self, vision_hidden: int, llm_hidden: int, global_grid: int, learnable_gated: int = -1):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(vision_hidden, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(vision_hidden, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden)
+        )
         self.resampler = Resampler(global_grid, vision_hidden)
         self.w_gate = nn.Parameter(torch.zeros(vision_hidden, 2))
         self.learnable_gated = learnable_gated
@@ -165,7 +179,9 @@ class GatedProjector(nn.Module):
         return experts[0] * gates[..., :1] + experts[1] * gates[..., 1:]
 
 
-def router_scores(local: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+def router_scores(
+    local: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per local token: Σ over attended text tokens of cos(local, text) (``TextGuidedRouterCosine``
     L189-201). ``local``: [n, d]; ``text``: [t, d]; ``text_mask``: [t] bool."""
     sim = F.cosine_similarity(local.unsqueeze(1), text.unsqueeze(0), dim=-1)
@@ -174,18 +190,20 @@ def router_scores(local: torch.Tensor, text: torch.Tensor, text_mask: torch.Tens
     return sim.masked_fill(~text_mask.bool().unsqueeze(0), 0.0).sum(-1)
 
 
-class SlimeVisionEncoder(nn.Module):
-    """``[1 + crops, 3, s, s]`` (global first) → global ``[grid², llm]``, local ``[crops·q, llm]``
-    in spatial order, and the router's keep mask over the local tokens."""
+class SlimeEncoder(nn.Module):
+    """Per image ``[1 + crops, 3, s, s]`` (global first) → ``[grid² + 1 + crops·q, llm]`` (global,
+    separator, local tokens in spatial order) and the router's keep mask over those positions."""
 
     def __init__(
         self,
         vision: nn.Module,
         llm_hidden: int,
+        separator_id: int,
         local_grid: int = LOCAL_GRID,
         top_p: float = TOP_P["finetune"],
         temperature: float = 1.0,
         learnable_gated: int = -1,
+        router_text: str = "all",
         feature_layer: int = -2,
     ):
         super().__init__()
@@ -195,10 +213,15 @@ class SlimeVisionEncoder(nn.Module):
         self.local_grid = local_grid
         self.projector = GatedProjector(cfg.hidden_size, llm_hidden, self.grid, learnable_gated)
         self.sampler = Resampler(local_grid, cfg.hidden_size)  # sampler.post_qformer
+        self.separator_id = int(separator_id)
         self.top_p, self.temperature, self.feature_layer = top_p, temperature, feature_layer
+        self.router_text = router_text
 
     def route(self, local: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
-        scores = router_scores(local.detach(), text.detach(), text_mask)
+        """Keep mask over ``local`` tokens (``TextGuidedSampler.forward`` L248-281)."""
+        if self.top_p >= 1.0 or text.shape[0] == 0:
+            return torch.ones(local.shape[0], dtype=torch.bool, device=local.device)
+        scores = router_scores(local.detach().float(), text.detach().float(), text_mask)
         if self.training:
             scores = scores + torch.randn_like(scores) * 0.1  # builder.py L254-256
         keep = top_p_keep((scores / self.temperature).softmax(-1), self.top_p)
@@ -206,26 +229,32 @@ class SlimeVisionEncoder(nn.Module):
         mask[keep] = True
         return mask
 
-    def forward(
-        self,
-        views: torch.Tensor,
-        grid: tuple[int, int],
-        text: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = self.vision(views, output_hidden_states=True).hidden_states[self.feature_layer][:, 1:]
-        global_ = self.projector(feats[:1])[0]
-        cols, rows = grid
-        if feats.shape[0] - 1 != cols * rows:
-            raise ValueError(f"slime: {feats.shape[0] - 1} local crops for a {cols}x{rows} grid")
-        local = self.projector.mlp(self.sampler(feats[1:]))  # [crops, q², d]
+    def local_tokens(self, feats: torch.Tensor, cols: int, rows: int) -> torch.Tensor:
+        if feats.shape[0] != cols * rows:
+            raise ValueError(f"slime: {feats.shape[0]} local crops for a {cols}x{rows} grid")
+        local = self.projector.mlp(self.sampler(feats))  # [crops, q², d]: non-576 inputs skip the gate
         g, d = self.local_grid, local.shape[-1]
-        local = local.reshape(rows, cols, g, g, d).permute(0, 2, 1, 3, 4).reshape(rows * g * cols * g, d)
-        if text is None or self.top_p >= 1.0:
-            keep = torch.ones(local.shape[0], dtype=torch.bool, device=local.device)
-        else:
-            keep = self.route(local, text, text_mask)
-        return global_, local, keep
+        return local.reshape(rows, cols, g, g, d).permute(0, 2, 1, 3, 4).reshape(rows * g * cols * g, d)
+
+    def forward(
+        self, images: dict[str, torch.Tensor], ctx: Any
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        views, grids = images["pixel_values"], images["image_grids"]
+        feats = self.vision(views, output_hidden_states=True).hidden_states[self.feature_layer][:, 1:]
+        counts = [1 + int(c) * int(r) for c, r in grids.tolist()]
+        out, keep = [], []
+        for i, per_image in enumerate(feats.split(counts)):
+            global_ = self.projector(per_image[:1])[0]
+            sep = ctx.embed(torch.tensor([self.separator_id], device=views.device)).to(global_.dtype)
+            local = self.local_tokens(per_image[1:], *grids[i].tolist())
+            text_mask = ctx.prompt[i] if self.router_text == "prompt" else None
+            # upstream scores against every text token of the sample (get_pure_text_embedding, L162-210)
+            kept = self.route(local, ctx.text[i], text_mask)
+            out.append(torch.cat([global_, sep, local]))
+            keep.append(
+                torch.cat([torch.ones(global_.shape[0] + 1, dtype=torch.bool, device=kept.device), kept])
+            )
+        return out, keep
 
 
 def slime_views(
@@ -237,8 +266,90 @@ def slime_views(
     return [image.resize((crop, crop))] + local, (cols, rows)
 
 
-def compact_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip masked-out slots: ``cumsum(mask) - 1`` (clamped at 0), so a sequence
-    with dropped local tokens gets the positions of the shorter sequence upstream builds."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+class SlimeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grid_rule: Literal["pinpoints", "uhd"] = Field(
+        "pinpoints",
+        description="Local crop grid: `pinpoints` (SliME train.py's list: 2×2, 1×2, 2×1, 1×3, 3×1, 1×4, 4×1 "
+        "crops) or `uhd` (what the released preprocessing actually runs: 2-7 crops by image area).",
+    )
+    local_grid: int = Field(
+        LOCAL_GRID, ge=1, description="Resampler queries per side for each local crop (12 → 144)."
+    )
+    top_p: float = Field(
+        TOP_P["finetune"],
+        gt=0,
+        le=1,
+        description="Router mass of local tokens kept: 0.95 at fine-tune, 1.0 (keep all) at pre-alignment.",
+    )
+    temperature: float = Field(1.0, gt=0, description="Router softmax temperature (--mm_resampler_temp).")
+    learnable_gated: int = Field(
+        -1, ge=-1, le=1, description="Global projector: -1 gated mixture, 0 MLP only, 1 resampler only."
+    )
+    router_text: Literal["all", "prompt"] = Field(
+        "all",
+        description="Text the router compares with: `all` tokens of the sample (upstream, answers included) "
+        "or only the `prompt` (unlearned) tokens.",
+    )
+    separator_token: str = Field(",", description="Token whose embedding separates global and local tokens.")
 
+
+PROJECTOR = ("encoder.projector.*", "encoder.sampler.*")
+LLM = ("language_model.*",)
+
+
+class SlimeStrategy(Strategy):
+    name = "slime"
+    Options = SlimeOptions
+    # vicuna_7b_pt.sh trains projector + sampler (L1115-1122), vicuna_7b_sft.sh also the LLM
+    trainable_presets = {"pretrain": PROJECTOR, "finetune": PROJECTOR + LLM}
+
+    def arithmetic(self, width: int, height: int) -> SlimeTokens:
+        vc = vision_config(self.cfg.vision, self)
+        cols, rows = slime_grid((width, height), vc.image_size, self.options.grid_rule)
+        return slime_token_count(vc.image_size // vc.patch_size, self.options.local_grid, cols * rows)
+
+    def image_token_count(self, width: int, height: int, n_boxes: int = 0) -> int:
+        """Positions before routing (576 + 1 + crops·144); routed-out tokens keep masked slots."""
+        return self.arithmetic(width, height).total
+
+    def preprocess(self, image: Image.Image, boxes: Any = None, question: str | None = None) -> dict:
+        size = self.vision_image_size()
+        views, (cols, rows) = slime_views(image.convert("RGB"), size, self.options.grid_rule)
+        return {
+            "pixel_values": torch.stack([clip_pixels(v, size) for v in views]),
+            "image_grids": torch.tensor([cols, rows]),
+        }
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Views of all images concatenated (their count varies with the grid) + ``image_grids`` [b, 2]."""
+        if not items:
+            return {}
+        return {
+            "pixel_values": torch.cat([it["pixel_values"] for it in items]),
+            "image_grids": torch.stack([it["image_grids"] for it in items]),
+        }
+
+    def separator_id(self, tokenizer: Any) -> int:
+        # train.py L1092: tokenizer(',')['input_ids'][-1]
+        ids = tokenizer(self.options.separator_token, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"model.options.separator_token: {self.options.separator_token!r} has no tokens")
+        return ids[-1]
+
+    def build_model(self, tokenizer: Any) -> MultimodalLM:
+        o = self.options
+        vision = build_vision_tower(self.cfg.vision, self)
+        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        encoder = SlimeEncoder(
+            vision,
+            llm.get_input_embeddings().embedding_dim,
+            self.separator_id(tokenizer),
+            o.local_grid,
+            o.top_p,
+            o.temperature,
+            o.learnable_gated,
+            o.router_text,
+            self.cfg.vision_feature_layer,
+        )
+        return MultimodalLM(encoder, llm, image_token_id(tokenizer))

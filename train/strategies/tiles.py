@@ -47,7 +47,9 @@ def select_best_resolution_uhd(original_size: Size, crop: int) -> Size:
     ow, oh = original_size
     scale = min(max(math.ceil(ow * oh / (crop * crop)), 2), 6)
     counts = [scale, scale + 1] if scale <= 2 else [scale - 1, scale, scale + 1]
-    candidates = [(cols * crop, (n // cols) * crop) for n in counts for cols in range(1, n + 1) if n % cols == 0]
+    candidates = [
+        (cols * crop, (n // cols) * crop) for n in counts for cols in range(1, n + 1) if n % cols == 0
+    ]
     # upstream enumerates factors i of n as (i, n // i) = (width slices, height slices)
     return select_best_resolution(original_size, candidates)
 

@@ -34,6 +34,7 @@ def one_step(model, batch: dict, lr: float = 1e-3, eval_before: bool = False) ->
     """(loss before, loss after one AdamW step on the same batch, what the encoder returned in the
     first forward). The first loss is the train-mode loss the step descends (``eval_before``:
     measured in eval mode first, for encoders that are random in training); the second is in eval mode."""
+    model.encoder.vision.requires_grad_(False)  # frozen in every stage preset, as upstream
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     seen: list = []
     hook = model.encoder.register_forward_hook(lambda mod, args, out: seen.append(out))

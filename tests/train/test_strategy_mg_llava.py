@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from strategy_helpers import gradient_image, one_image_batch, one_step
 
 from loupe.train.strategies import build_strategy
+from loupe.train.strategies.base import CLIP_MEAN, CLIP_STD
 from loupe.train.strategies.mg_llava import (
     DualPathFuse,
     boxes_to_aux,
@@ -13,10 +15,7 @@ from loupe.train.strategies.mg_llava import (
     mg_llava_pixels,
     mg_llava_token_count,
 )
-from loupe.train.strategies.base import CLIP_MEAN, CLIP_STD
 from loupe.train.tiny import tiny_model_config, tiny_tokenizer
-
-from strategy_helpers import gradient_image, one_image_batch, one_step
 
 # ConvNeXt geometry (stem 4, three 2× downsamples: stride 32) at toy widths: 768 / 32 = 24 = 336 / 14
 TINY_AUX = {"config": dict(num_channels=3, patch_size=4, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])}
@@ -88,7 +87,9 @@ def test_one_step_lowers_loss_and_errors_name_options(tok):
     torch.manual_seed(0)
     s = mg()
     model = s.build_model(tok)
-    batch = one_image_batch(tok, s, gradient_image((500, 400)), boxes=[[10, 10, 200, 300], [250, 50, 480, 390]])
+    batch = one_image_batch(
+        tok, s, gradient_image((500, 400)), boxes=[[10, 10, 200, 300], [250, 50, 480, 390]]
+    )
     before, after, (feats, _) = one_step(model, batch)
     assert feats[0].shape == (578, 64)
     assert after < before

@@ -87,7 +87,10 @@ def merge_chessboard(x: torch.Tensor, num_split: int) -> torch.Tensor:
 
 
 def multiscale_forward(
-    features: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, img_sizes: Sequence[int], max_split_size: int
+    features: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    img_sizes: Sequence[int],
+    max_split_size: int,
 ) -> torch.Tensor:
     """s2wrapper ``forward`` (core.py L14-62) for ViT features without prefix tokens:
     ``features(tiles) -> [n, h*w, c]``; returns ``[b, grid², c × len(img_sizes)]``."""

@@ -19,7 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from loupe.train.strategies.base import scatter_image_features
+from loupe.train.strategies.base import build_llm, build_vision_tower, scatter_image_features
+
+LANGUAGE_MODEL = ("language_model.*",)  # parameter patterns of the LLM, trained at fine-tune
+
+
+def build_towers(strategy: Any, tokenizer: Any) -> tuple[nn.Module, nn.Module]:
+    """(CLIP vision tower, causal LM sized to the tokenizer) of ``strategy.cfg``."""
+    return build_vision_tower(strategy.cfg.vision, strategy), build_llm(
+        strategy.cfg.llm, len(tokenizer), strategy
+    )
 
 
 @dataclass

@@ -35,13 +35,11 @@ from torch import nn
 
 from loupe.train.strategies.base import (
     Strategy,
-    build_llm,
-    build_vision_tower,
     clip_pixels,
     image_token_id,
     vision_config,
 )
-from loupe.train.strategies.composite import MultimodalLM
+from loupe.train.strategies.composite import LANGUAGE_MODEL, MultimodalLM, build_towers
 from loupe.train.strategies.tiles import Size, divide_to_patches, select_best_resolution
 
 MID_SCALES = ((2, 2), (1, 4), (4, 1))  # in units of the crop size (processing_dragonfly.py L232)
@@ -185,7 +183,7 @@ class DragonflyOptions(BaseModel):
 
 
 PROJECTOR = ("encoder.projector.*",)
-LLM = ("language_model.*",)
+LLM = LANGUAGE_MODEL
 
 
 class DragonflyStrategy(Strategy):
@@ -230,8 +228,7 @@ class DragonflyStrategy(Strategy):
         return ids[0]
 
     def build_model(self, tokenizer: Any) -> MultimodalLM:
-        vision = build_vision_tower(self.cfg.vision, self)
-        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        vision, llm = build_towers(self, tokenizer)
         encoder = DragonflyEncoder(
             vision,
             llm.get_input_embeddings().embedding_dim,

@@ -46,13 +46,11 @@ from loupe.train.strategies.base import (
     CLIP_MEAN,
     CLIP_STD,
     Strategy,
-    build_llm,
-    build_vision_tower,
     image_token_id,
+    pad_to_square,
     vision_config,
 )
-from loupe.train.strategies.composite import MultimodalLM
-from loupe.train.strategies.tiles import expand_to_square, mean_fill
+from loupe.train.strategies.composite import LANGUAGE_MODEL, MultimodalLM, build_towers
 
 
 def mg_llava_token_count(grid: int = 24, boxes: int = 0) -> int:
@@ -99,7 +97,7 @@ def mg_llava_pixels(
     """(CLIP input ``[3, low, low]``, ConvNeXt input ``[3, aux, aux]``): pad to square with the
     mean colour, resize to ``aux_size``, normalise; the low-res input is the normalised aux
     tensor bilinearly resized (mg_llava_dataset.py L76-90)."""
-    square, _, _ = expand_to_square(image.convert("RGB"), mean_fill(mean))
+    square = pad_to_square(image.convert("RGB"), tuple(mean))
     x = torch.from_numpy(np.array(square.resize((aux_size, aux_size), Image.BICUBIC))).float()
     x = (x.permute(2, 0, 1) / 255.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     low = F.interpolate(x[None], size=(low_size, low_size), mode="bilinear", align_corners=False)[0]
@@ -236,7 +234,7 @@ class MGLlavaOptions(BaseModel):
 
 
 PROJECTORS = ("encoder.projector.*", "encoder.bbox_projector.*", "encoder.fuse.*")
-LLM = ("language_model.*",)
+LLM = LANGUAGE_MODEL
 
 
 class MGLlavaStrategy(Strategy):
@@ -286,8 +284,7 @@ class MGLlavaStrategy(Strategy):
 
     def build_model(self, tokenizer: Any) -> MultimodalLM:
         o = self.options
-        vision = build_vision_tower(self.cfg.vision, self)
-        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        vision, llm = build_towers(self, tokenizer)
         encoder = MGLlavaEncoder(
             vision,
             self.build_aux(),

@@ -32,15 +32,13 @@ from torch import nn
 
 from loupe.train.strategies.base import (
     Strategy,
-    build_llm,
     build_projector,
-    build_vision_tower,
     clip_pixels,
     image_token_id,
     pad_to_square,
     vision_config,
 )
-from loupe.train.strategies.composite import MultimodalLM
+from loupe.train.strategies.composite import LANGUAGE_MODEL, MultimodalLM, build_towers
 
 DEFAULT_SCALES = (336, 672, 1008)
 
@@ -154,7 +152,7 @@ class S2Options(BaseModel):
 
 
 PROJECTOR = ("encoder.projector.*",)
-LLM = ("language_model.*",)
+LLM = LANGUAGE_MODEL
 
 
 class S2Strategy(Strategy):
@@ -183,8 +181,7 @@ class S2Strategy(Strategy):
         return {"pixel_values": clip_pixels(image, self.scales()[-1])}
 
     def build_model(self, tokenizer: Any) -> MultimodalLM:
-        vision = build_vision_tower(self.cfg.vision, self)
-        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        vision, llm = build_towers(self, tokenizer)
         width = self.arithmetic().width
         projector = build_projector(self.cfg.projector, width, llm.get_input_embeddings().embedding_dim)
         encoder = S2Encoder(vision, projector, self.scales(), self.cfg.vision_feature_layer)

@@ -45,13 +45,11 @@ from torch.nn.init import trunc_normal_
 
 from loupe.train.strategies.base import (
     Strategy,
-    build_llm,
-    build_vision_tower,
     clip_pixels,
     image_token_id,
     vision_config,
 )
-from loupe.train.strategies.composite import MultimodalLM
+from loupe.train.strategies.composite import LANGUAGE_MODEL, MultimodalLM, build_towers
 from loupe.train.strategies.tiles import (
     Size,
     divide_to_patches,
@@ -295,7 +293,7 @@ class SlimeOptions(BaseModel):
 
 
 PROJECTOR = ("encoder.projector.*", "encoder.sampler.*")
-LLM = ("language_model.*",)
+LLM = LANGUAGE_MODEL
 
 
 class SlimeStrategy(Strategy):
@@ -339,8 +337,7 @@ class SlimeStrategy(Strategy):
 
     def build_model(self, tokenizer: Any) -> MultimodalLM:
         o = self.options
-        vision = build_vision_tower(self.cfg.vision, self)
-        llm = build_llm(self.cfg.llm, len(tokenizer), self)
+        vision, llm = build_towers(self, tokenizer)
         encoder = SlimeEncoder(
             vision,
             llm.get_input_embeddings().embedding_dim,

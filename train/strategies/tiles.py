@@ -76,22 +76,3 @@ def divide_to_patches(image: Image.Image, patch: int) -> list[Image.Image]:
     """Row-major ``patch``×``patch`` crops (Dragonfly ``processing_dragonfly.py`` L174-193)."""
     w, h = image.size
     return [image.crop((x, y, x + patch, y + patch)) for y in range(0, h, patch) for x in range(0, w, patch)]
-
-
-def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> tuple[Image.Image, int, int]:
-    """Pad to a square with ``fill`` (LLaVA ``expand2square``); returns the image and the
-    (x, y) offset of the original inside it, so boxes can follow."""
-    w, h = image.size
-    if w == h:
-        return image, 0, 0
-    side = max(w, h)
-    canvas = Image.new(image.mode, (side, side), fill)
-    dx, dy = (side - w) // 2, (side - h) // 2
-    canvas.paste(image, (dx, dy))
-    return canvas, dx, dy
-
-
-def mean_fill(image_mean: Sequence[float]) -> tuple[int, int, int]:
-    """The processor's mean colour as 0-255 RGB (LLaVA pads with it)."""
-    r, g, b = (int(x * 255) for x in image_mean)
-    return r, g, b

@@ -260,13 +260,20 @@ def query(
 
 @app.command()
 def schema(
-    what: str = typer.Argument("recipe", help="recipe (JSON Schema of a recipe) or tables (Arrow schemas)."),
+    what: str = typer.Argument(
+        "recipe",
+        help="recipe (JSON Schema of a recipe), train (of a training config) or tables (Arrow schemas).",
+    ),
 ) -> None:
-    """Print the JSON Schema of the recipe, or the Arrow schema of every table."""
+    """Print the JSON Schema of the recipe or the training config, or the Arrow schema of every table."""
     if what == "recipe":
         from loupe.pipeline.recipe import recipe_json_schema
 
         print(json.dumps(recipe_json_schema(), indent=2))
+    elif what == "train":
+        from loupe.schemas.train import TrainConfig
+
+        print(json.dumps(TrainConfig.model_json_schema(), indent=2))
     elif what == "tables":
         from loupe.schemas.tables import TABLES
 
@@ -275,7 +282,7 @@ def schema(
             for f in s:
                 print(f"  {f.name}: {f.type}")
     else:
-        _fail(LoupeError(f"schema: {what!r} is not known; valid: recipe, tables"))
+        _fail(LoupeError(f"schema: {what!r} is not known; valid: recipe, train, tables"))
 
 
 @app.command()
@@ -292,6 +299,83 @@ def report(
     except LoupeError as e:
         _fail(e)
     out.print(f"report: {path}")
+
+
+def _resolve_train_data(path: str) -> str:
+    """``runs/<recipe>`` -> the newest run dir; a run dir, export/ folder or export file stays as is."""
+    p = Path(path)
+    if (
+        p.is_dir()
+        and not (p / "manifest.json").exists()
+        and not any((p / f).exists() for f in ("conversations.jsonl", "llava.json", "dragonfly"))
+        and not any(p.glob("*.parquet"))
+    ):
+        from loupe.pipeline.query import resolve_run
+
+        return str(resolve_run(p).path.resolve())
+    return str(p.resolve()) if p.exists() else path
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config YAML (examples: train/configs/*.yaml)."),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help="runs/<recipe> (the newest run's export), a run dir, an export/ folder or an export file "
+        "(conversations.jsonl, llava.json, Dragonfly parquet); overrides data.path.",
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config field, repeatable: --set train.max_steps=10 --set train.lr=1e-4"
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in train.output_dir."
+    ),
+    executor: str = typer.Option(
+        "local", help="local (this process; DDP when started by torchrun) or ray (Ray Train TorchTrainer)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, help="Ray address for --executor ray (default: ray.address)."
+    ),
+) -> None:
+    """Train a vision-language model on a Loupe export with transformers' Trainer.
+
+    Stage presets: train.stage=pretrain (projector only, plain template, lr 1e-3) then
+    train.stage=finetune (projector + LLM, lr 2e-5) with model.init_from=<pretrain output>.
+    Multi-GPU: torchrun --nproc_per_node 8 $(which loupe) train cfg.yaml. See docs/training.md.
+    """
+    _offline_env()
+    try:
+        from loupe.train.config import ConfigError, load_train_config
+
+        try:
+            loaded = load_train_config(config, set_)
+            if data is not None or loaded.config.data.path:
+                raw = data if data is not None else str(loaded.resolve(loaded.config.data.path))
+                loaded.config.data.path = _resolve_train_data(raw)
+        except ConfigError as e:
+            raise LoupeError(str(e)) from None
+        if executor == "local":
+            from loupe.train.trainer import run_training
+
+            summary = run_training(loaded, resume=resume, console=err)
+        elif executor == "ray":
+            from loupe.pipeline.executors.ray import connect
+            from loupe.train.ray_train import run_ray_training
+
+            connect(address or loaded.config.ray.address, quiet=True)
+            summary = run_ray_training(loaded, resume=resume, console=err)
+        else:
+            raise LoupeError(f"--executor: {executor!r} is not an executor; valid: local, ray")
+    except ConfigError as e:
+        _fail(LoupeError(str(e)))
+    except LoupeError as e:
+        _fail(e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.print(
+            f"trained {summary['global_step']} steps, loss {summary['last_loss']}, "
+            f"{summary['tokens_per_s']} tokens/s -> {summary['output_dir']}"
+        )
 
 
 from loupe.eval.cli import EPILOG as _EVAL_EPILOG  # noqa: E402  (typer only; eval's heavy parts load lazily)

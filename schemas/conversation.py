@@ -22,10 +22,11 @@ class Turn(BaseModel):
 
 class ConversationRecord(BaseModel):
     """Loupe's canonical JSONL line: {"image_url", "conversations", "source"} (structured turns; Dragonfly's
-    own parquet layout is written by ``loupe.pipeline.export.formats``)."""
+    own parquet layout is written by ``loupe.pipeline.export.formats``). ``image_url`` is null (or empty)
+    for a text-only sample."""
 
     model_config = ConfigDict(extra="forbid")
-    image_url: str
+    image_url: str | None = None
     conversations: list[Turn]
     source: str
     uid: str | None = None

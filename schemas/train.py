@@ -122,7 +122,7 @@ class TrainArgs(Strict):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float | None = Field(None, gt=0, description="Peak learning rate (default from the stage preset).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of steps with linear warm-up.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up.")
     scheduler: str = Field("cosine", description="transformers lr_scheduler_type.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm.")
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Mixed precision (fp32 on CPU).")

@@ -21,7 +21,7 @@ from loupe.schemas.llama3 import llama3_render
 
 
 class ConversationDataset:
-    """``ds[i]`` -> ``{"uid", "source", "image": PIL RGB, "image_path", "conversations", "text"}``.
+    """``ds[i]`` -> ``{"uid", "source", "image": PIL RGB or None, "image_path", "conversations", "text"}``.
 
     ``text`` is the conversation rendered with the Llama-3 chat template (``llama3_render``),
     optionally with a ``system`` prompt first. Works as a ``torch.utils.data.Dataset`` (it has
@@ -45,8 +45,10 @@ class ConversationDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def image_path(self, i: int) -> Path:
+    def image_path(self, i: int) -> Path | None:
         url = self.records[i].image_url
+        if not url:
+            return None
         parts = urlsplit(url)
         if parts.scheme == "file":
             return Path(unquote(parts.path))
@@ -59,13 +61,15 @@ class ConversationDataset:
         rec = self.records[i]
         turns = [t.model_dump(by_alias=True) for t in rec.conversations]
         path = self.image_path(i)
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        image = None
+        if path is not None:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
         return {
             "uid": rec.uid,
             "source": rec.source,
             "image": image,
-            "image_path": str(path),
+            "image_path": str(path) if path else None,
             "conversations": turns,
             "text": llama3_render(turns, system=self.system),
         }

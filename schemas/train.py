@@ -77,8 +77,10 @@ class DataConfig(Strict):
         description="An export file (conversations.jsonl, llava.json, *.parquet), an export/ folder, "
         "a run dir or runs/<recipe> (the newest run). `--data` overrides it.",
     )
-    format: Literal["auto", "llama3_jsonl", "llava_json", "dragonfly_parquet"] = Field(
-        "auto", description="Input format; `auto` picks by file name/extension."
+    format: Literal["auto", "llama3_jsonl", "llava_json", "llava_plain_json", "dragonfly_parquet"] = Field(
+        "auto",
+        description="Input format; `auto` picks by file name, and in an export folder takes "
+        "conversations.jsonl (llava_plain.json with the `plain` template).",
     )
     image_root: str | None = Field(
         None, description="Folder image paths are relative to (default: the data file's folder)."

@@ -61,8 +61,11 @@ class SampleSet:
         self.examples.setdefault(reason, where)
 
 
-def locate(path: str | Path, fmt: str = "auto") -> tuple[Path, str, Path | None]:
-    """A data path (export file, export/ folder or run dir) -> (file, format, run dir or None)."""
+def locate(path: str | Path, fmt: str = "auto", plain: bool = False) -> tuple[Path, str, Path | None]:
+    """A data path (export file, export/ folder or run dir) -> (file, format, run dir or None).
+
+    In an export folder ``auto`` takes ``conversations.jsonl``, or ``llava_plain.json`` (2-turn caption
+    pairs) when ``plain`` (the pre-alignment template) and the export has one."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"data.path: {str(path)!r} does not exist")
@@ -75,9 +78,12 @@ def locate(path: str | Path, fmt: str = "auto") -> tuple[Path, str, Path | None]
         candidates = {
             "llama3_jsonl": [p / "conversations.jsonl"],
             "llava_json": [p / "llava.json"],
+            "llava_plain_json": [p / "llava_plain.json"],
             "dragonfly_parquet": [p / "dragonfly", *sorted(p.glob("dragonfly*.parquet"))],
         }
         order = [fmt] if fmt != "auto" else ["llama3_jsonl", "llava_json", "dragonfly_parquet"]
+        if fmt == "auto" and plain:
+            order.insert(0, "llava_plain_json")
         if (
             fmt == "auto"
             and not (p / "conversations.jsonl").exists()
@@ -87,10 +93,12 @@ def locate(path: str | Path, fmt: str = "auto") -> tuple[Path, str, Path | None]
         for f in order:
             for c in candidates[f]:
                 if c.exists():
-                    return c, f, run_dir
+                    return c, "llava_json" if f == "llava_plain_json" else f, run_dir
         raise ValueError(f"data.path: no {' / '.join(order)} export in {p}")
     if run_dir is None and (p.parent.parent / "manifest.json").exists():
         run_dir = p.parent.parent
+    if fmt == "llava_plain_json":
+        fmt = "llava_json"
     if fmt == "auto":
         name = p.name.lower()
         fmt = (
@@ -193,12 +201,22 @@ def _reason(msg: str) -> str:
 
 
 def read_samples(
-    path: str | Path, fmt: str = "auto", image_root: str | Path | None = None, limit: int | None = None
+    path: str | Path,
+    fmt: str = "auto",
+    image_root: str | Path | None = None,
+    limit: int | None = None,
+    plain: bool = False,
 ) -> SampleSet:
-    """Every usable sample of an export; skipped records counted by reason in ``.skipped``."""
-    file, fmt, run_dir = locate(path, fmt)
+    """Every usable sample of an export; skipped records counted by reason in ``.skipped``.
+
+    Images resolve against ``image_root``, else the data file's folder; for Dragonfly parquet under
+    ``export/dragonfly/`` that is ``export/`` (Loupe's export makes it Dragonfly's ``--image_dir``)."""
+    file, fmt, run_dir = locate(path, fmt, plain)
     out = SampleSet(path=file, format=fmt, run_dir=run_dir)
-    root = Path(image_root) if image_root else (file if file.is_dir() else file.parent)
+    root = file if file.is_dir() else file.parent
+    if fmt == "dragonfly_parquet" and root.name == "dragonfly":
+        root = root.parent
+    root = Path(image_root) if image_root else root
     for where, uid, source, url, turns in _records(file, fmt, out):
         if limit is not None and len(out.samples) >= limit:
             break

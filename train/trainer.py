@@ -206,6 +206,7 @@ def run_training(loaded: LoadedTrainConfig, resume: bool = False, console: Any =
             cfg.data.format,
             loaded.resolve(cfg.data.image_root) if cfg.data.image_root else None,
             cfg.data.limit,
+            plain=template.name == "plain",
         )
         use_boxes = cfg.data.boxes if cfg.data.boxes is not None else cfg.model.strategy == "mg_llava"
         if use_boxes:

@@ -55,22 +55,28 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def open_run_log(run_path: Path) -> logging.Handler:
-    """Append everything logged under ``loupe`` to ``<run>/run.log``; returns the handler to close."""
+def open_run_log(run_path: Path) -> list[logging.Handler]:
+    """Append everything logged under ``loupe`` to ``<run>/run.log``, and show warnings on stderr.
+    Returns the handlers for :func:`close_run_log`."""
     run_path.mkdir(parents=True, exist_ok=True)
     h = logging.FileHandler(run_path / "run.log", encoding="utf-8")
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    warn.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     LOG.addHandler(h)
+    LOG.addHandler(warn)
     LOG.setLevel(logging.INFO)
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").addHandler(h)
-    return h
+    return [h, warn]
 
 
-def close_run_log(h: logging.Handler) -> None:
-    LOG.removeHandler(h)
-    logging.getLogger("py.warnings").removeHandler(h)
-    h.close()
+def close_run_log(handlers: list[logging.Handler]) -> None:
+    for h in handlers:
+        LOG.removeHandler(h)
+        logging.getLogger("py.warnings").removeHandler(h)
+        h.close()
 
 
 def _fmt_seconds(s: float) -> str:

@@ -264,6 +264,20 @@ class CaptionConfig(StageConfig):
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout for backend=openai.")
     max_retries: int = Field(4, ge=0, description="Retries on 408/429/5xx/connection errors (backoff).")
     min_words: int = Field(0, ge=0, description="Drop captions shorter than this.")
+    max_words: int | None = Field(
+        500,
+        ge=1,
+        description="Drop captions longer than this (caption_too_long; DenseFusion-1M captions average "
+        "~190 words); null = no cap.",
+    )
+    max_repetition: float | None = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Drop captions whose word n-gram repetition ratio exceeds this (caption_repetitive): "
+        "occurrences of repeated n-grams / all n-grams, as Data-Juicer's word_repetition_filter; null = off.",
+    )
+    repetition_ngram: int = Field(4, ge=1, description="n of the repetition check's word n-grams.")
     min_ocr_coverage: float = Field(0.0, ge=0, le=1, description="Drop captions covering fewer OCR words.")
     drop_hallucinations: bool = Field(False, description="Drop captions naming objects no expert saw.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
@@ -298,6 +312,12 @@ class ExportConfig(StageConfig):
     tokenizer: str | None = Field(
         None,
         description="transformers tokenizer (hub id or path) for exact token stats; default: regex estimate.",
+    )
+    ocr_min_score: float = Field(
+        0.8, ge=0, le=1, description="OCR lines below this recognition confidence stay out of the OCR turn."
+    )
+    ocr_min_chars: int = Field(
+        2, ge=1, description="OCR lines with fewer letters/digits than this stay out of the OCR turn."
     )
 
 

@@ -102,6 +102,7 @@ CAPTIONS = pa.schema(
         ("label_coverage", pa.float32()),  # share of detected labels named; null without detections
         ("hallucinated", pa.list_(pa.string())),  # object words named that no expert saw
         ("evidence", pa.string()),  # JSON: the alt-text, boxes, OCR lines and tags the caption used
+        ("repetition", pa.float32()),  # word n-gram repetition ratio (Data-Juicer word_repetition_filter)
     ]
 )
 

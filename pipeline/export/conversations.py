@@ -45,7 +45,21 @@ def caption_instruction(seed: int, uid: str) -> str:
     return sample_rng(seed, uid).choice(DETAIL_PROMPTS)
 
 
-def build_turns(row: dict[str, Any], tasks: list[str], seed: int) -> list[dict[str, str]]:
+def useful_ocr_lines(ocr: list[dict] | None, min_score: float = 0.0, min_chars: int = 1) -> list[str]:
+    """OCR lines worth a training turn, in reading order: recognised with at least ``min_score``
+    confidence and holding at least ``min_chars`` letters or digits (drops "|", "-", lone glyphs)."""
+    out = []
+    for o in sorted(ocr or [], key=lambda o: o["line"]):
+        text = (o["text"] or "").strip()
+        score = o.get("score")
+        if text and (score is None or score >= min_score) and sum(c.isalnum() for c in text) >= min_chars:
+            out.append(text)
+    return out
+
+
+def build_turns(
+    row: dict[str, Any], tasks: list[str], seed: int, ocr_min_score: float = 0.0, ocr_min_chars: int = 1
+) -> list[dict[str, str]]:
     rng = sample_rng(seed, row["uid"])
     turns: list[dict[str, str]] = []
     caps = row.get("captions") or []
@@ -54,9 +68,7 @@ def build_turns(row: dict[str, Any], tasks: list[str], seed: int) -> list[dict[s
             {"from": "human", "value": rng.choice(DETAIL_PROMPTS)},
             {"from": "gpt", "value": caps[0]["caption"]},
         ]
-    ocr = [
-        o["text"].strip() for o in sorted(row.get("ocr") or [], key=lambda o: o["line"]) if o["text"].strip()
-    ]
+    ocr = useful_ocr_lines(row.get("ocr"), ocr_min_score, ocr_min_chars)
     if "ocr" in tasks and ocr:
         turns += [
             {"from": "human", "value": rng.choice(OCR_PROMPTS)},

@@ -121,7 +121,13 @@ class Export(Stage):
         records, drops, per_record = [], [], []
         tasks = Counter()
         for r in rows:
-            turns = build_turns(r, list(self.config.tasks), self.config.seed)
+            turns = build_turns(
+                r,
+                list(self.config.tasks),
+                self.config.seed,
+                self.config.ocr_min_score,
+                self.config.ocr_min_chars,
+            )
             if not turns:
                 drops.append(
                     self.drop(r["uid"], "no_conversation", "no caption, OCR, boxes or source Q&A to export")

@@ -5,11 +5,16 @@
 * ``label_coverage`` - share of distinct detected labels named in the caption; None without boxes.
 * ``hallucinated`` - object nouns from the known object vocabulary (COCO/ImageNet/tag vocabulary)
   that the caption names but no evidence mentions (alt-text, tags, labels, OCR).
+* ``repetition`` - word n-gram repetition ratio, Data-Juicer's ``word_repetition_filter``
+  (data_juicer/ops/filter/word_repetition_filter.py, ``compute_stats_batched``): over the caption's
+  lower-cased words, the occurrences of n-grams that occur more than once divided by all n-grams
+  (0 for a caption shorter than n). A looping LLM ("a cat is a cat is a cat ...") scores near 1.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +28,7 @@ VOCAB_DIR = Path(__file__).resolve().parents[2] / "experts" / "vocab"
 NOT_OBJECTS = frozenset(
     {"text", "portrait", "document", "page", "screenshot", "website", "drawing", "painting", "cartoon",
      "diagram", "chart", "light", "night", "space", "field"}
-)
+)  # fmt: skip
 
 
 def words(text: str | None) -> list[str]:
@@ -63,22 +68,33 @@ def object_vocabulary() -> frozenset[str]:
     return frozenset(out - NOT_OBJECTS)
 
 
+def ngram_repetition(text: str | None, n: int = 4) -> float:
+    """Share of word n-gram occurrences whose n-gram occurs more than once (see module docstring)."""
+    ws = words(text)
+    grams = Counter(tuple(ws[i : i + n]) for i in range(len(ws) - n + 1))
+    total = sum(grams.values())
+    return sum(c for c in grams.values() if c > 1) / total if total else 0.0
+
+
 @dataclass
 class CaptionCheck:
     n_words: int
     ocr_coverage: float | None
     label_coverage: float | None
     hallucinated: list[str]
+    repetition: float = 0.0
 
 
-def check_caption(caption: str, ev: Evidence) -> CaptionCheck:
+def check_caption(caption: str, ev: Evidence, repetition_ngram: int = 4) -> CaptionCheck:
     cap_words = set(words(caption))
     cap_stems = {_singular(w) for w in cap_words}
     ocr_words = [w for o in ev.ocr for w in words(o["text"]) if len(w) >= 2]
     ocr_cov = sum(w in cap_words for w in ocr_words) / len(ocr_words) if ocr_words else None
     labels = sorted({b["label"] for b in ev.boxes})
     label_cov = (
-        sum(all(_singular(w) in cap_stems for w in words(lb)) for lb in labels) / len(labels) if labels else None
+        sum(all(_singular(w) in cap_stems for w in words(lb)) for lb in labels) / len(labels)
+        if labels
+        else None
     )
     seen = _stems(ev.alt_text)
     for b in ev.boxes:
@@ -89,4 +105,5 @@ def check_caption(caption: str, ev: Evidence) -> CaptionCheck:
         seen |= _stems(o["text"])
     vocab = object_vocabulary()
     hallucinated = sorted(s for s in cap_stems if s in vocab and s not in seen)
-    return CaptionCheck(len(caption.split()), ocr_cov, label_cov, hallucinated)
+    rep = ngram_repetition(caption, repetition_ngram)
+    return CaptionCheck(len(caption.split()), ocr_cov, label_cov, hallucinated, rep)

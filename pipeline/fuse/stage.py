@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -9,8 +10,16 @@ import pyarrow as pa
 from loupe.pipeline.fuse.checks import check_caption
 from loupe.pipeline.fuse.composer import compose
 from loupe.pipeline.fuse.prompt import Evidence, PerceptualFusionPrompt
+from loupe.pipeline.logs import LOG
 from loupe.pipeline.stage import Stage, StageOutput
 from loupe.schemas.tables import CAPTIONS, drops_table
+
+#: caption models that only show the pipeline works (tiny, random or ~100M-parameter LLMs)
+SMOKE_TEST_MODEL = re.compile(r"(?i)(smollm2?-(135|360)m|tiny|random|dummy)")
+
+
+def is_smoke_test_model(model_id: str | None) -> bool:
+    return bool(model_id and SMOKE_TEST_MODEL.search(model_id))
 
 
 class ComposerBackend:
@@ -42,6 +51,14 @@ class Caption(Stage):
         super().__init__(config, ctx)
         self.prompt = PerceptualFusionPrompt(config.prompt_template)
         self.backend = make_backend(config, ctx)
+        self.smoke_test = is_smoke_test_model(self.backend.model_id)
+        if self.smoke_test:
+            LOG.warning(
+                "stage %s: %s is a smoke-test model: its captions check the pipeline, they are not "
+                "training data (set caption.model to a real captioner)",
+                ctx.stage_name,
+                self.backend.model_id,
+            )
 
     def __call__(self, batch: pa.Table) -> StageOutput:
         rows = batch.to_pylist()
@@ -56,10 +73,18 @@ class Caption(Stage):
                 drops.append(self.drop(r["uid"], "caption_failed", detail))
                 continue
             cap = cap.strip()
-            chk = check_caption(cap, ev)
+            chk = check_caption(cap, ev, cfg.repetition_ngram)
             reason = None
             if chk.n_words < cfg.min_words:
                 reason = ("caption_too_short", f"{chk.n_words} words < min_words {cfg.min_words}")
+            elif cfg.max_words is not None and chk.n_words > cfg.max_words:
+                reason = ("caption_too_long", f"{chk.n_words} words > max_words {cfg.max_words}")
+            elif cfg.max_repetition is not None and chk.repetition > cfg.max_repetition:
+                reason = (
+                    "caption_repetitive",
+                    f"{cfg.repetition_ngram}-gram repetition {chk.repetition:.2f} > max_repetition "
+                    f"{cfg.max_repetition}: {cap[:60]!r}",
+                )
             elif chk.ocr_coverage is not None and chk.ocr_coverage < cfg.min_ocr_coverage:
                 reason = ("low_ocr_coverage", f"ocr_coverage {chk.ocr_coverage:.2f} < {cfg.min_ocr_coverage}")
             elif cfg.drop_hallucinations and chk.hallucinated:
@@ -79,9 +104,13 @@ class Caption(Stage):
                     "label_coverage": chk.label_coverage,
                     "hallucinated": chk.hallucinated,
                     "evidence": ev.to_json(),
+                    "repetition": round(chk.repetition, 4),
                 }
             )
-        return StageOutput(rows=pa.Table.from_pylist(out, schema=CAPTIONS), drops=drops_table(drops))
+        metrics = {"smoke_test_model": self.backend.model_id} if self.smoke_test else {}
+        return StageOutput(
+            rows=pa.Table.from_pylist(out, schema=CAPTIONS), drops=drops_table(drops), metrics=metrics
+        )
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)

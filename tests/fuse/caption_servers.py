@@ -50,8 +50,11 @@ class ScriptedServer:
     one repeats); 200 answers ``"caption for <prompt>"``. Requests are counted per marker.
     """
 
-    def __init__(self, script: dict[str, list[int]], retry_after: str | None = None):
+    def __init__(
+        self, script: dict[str, list[int]], retry_after: str | None = None, answers: dict[str, str] | None = None
+    ):
         self.script = script
+        self.answers = answers or {}  # marker in the prompt -> the caption answered instead
         self.retry_after = retry_after
         self.calls: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -84,8 +87,8 @@ class ScriptedServer:
                 code = codes[min(n, len(codes)) - 1]
                 if code != 200:
                     return self._send(code, {"error": {"message": f"scripted {code}"}})
-                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                      "content": f"caption for {prompt}"}}]})
+                content = next((a for m, a in outer.answers.items() if m in prompt), f"caption for {prompt}")
+                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -33,14 +33,15 @@ def _say(console: Any, msg: str) -> None:
         console.print(msg, highlight=False, markup=False)
 
 
-def build_tokenizer(loaded: LoadedTrainConfig, samples: Any, out: Path) -> Any:
+def build_tokenizer(loaded: LoadedTrainConfig, samples: Any, out: Path, resume: bool = False) -> Any:
     from loupe.train.tokenizer import build_tiny_tokenizer, load_tokenizer, prepare_tokenizer
 
     m = loaded.config.model
     if m.tokenizer == "tiny":
         saved = out / "tokenizer"
-        if (saved / "tokenizer.json").exists():
+        if resume and (saved / "tokenizer.json").exists():
             return load_tokenizer(saved)
+        # every DDP rank trains the same (deterministic) tokenizer; only rank 0 writes it
         texts = [t["value"] for s in samples.samples for t in s.turns]
         from loupe.train.tiny import TINY_TEXTS
 
@@ -213,7 +214,7 @@ def run_training(loaded: LoadedTrainConfig, resume: bool = False, console: Any =
             attach_boxes(samples, cfg.data.min_box_score)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    tokenizer = build_tokenizer(loaded, samples, out)
+    tokenizer = build_tokenizer(loaded, samples, out, resume)
     ds = TrainDataset(
         samples,
         tokenizer,

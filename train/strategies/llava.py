@@ -64,6 +64,7 @@ class LlavaStrategy(Strategy):
         tc = llm_config(self.cfg.llm, len(tokenizer), self)
         if getattr(tc, "vocab_size", 0) < len(tokenizer):
             tc.vocab_size = len(tokenizer)
+        tc.pad_token_id = tokenizer.pad_token_id
         return LlavaConfig(
             vision_config=vc,
             text_config=tc,

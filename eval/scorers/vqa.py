@@ -126,7 +126,11 @@ def vqa_accuracy(pred: str | None, gt_answers: Sequence[str]) -> float:
     """
     if pred is None:
         return 0.0
-    return answer_scores(gt_answers).get(normalize_answer(pred), 0.0)
+    if not gt_answers:
+        raise ValueError("gt_answers is empty: a VQA question needs its human answers")
+    p = normalize_answer(pred)
+    count = sum(1 for a in gt_answers if normalize_answer(a) == p)
+    return _loo_score(count, len(gt_answers)) if count else 0.0
 
 
 def vqa_mean_accuracy(preds: Iterable[str | None], gts: Iterable[Sequence[str]]) -> float:

@@ -247,7 +247,15 @@ def read_report_data(con: duckdb.DuckDBPyConnection, run: RunDir, max_samples: i
         token_stats=stats,
         samples=read_samples(con, max_samples),
         n_samples=con.execute("SELECT count(*) FROM samples").fetchone()[0],
+        extra={"quality": _quality(con, run)},
     )
+
+
+def _quality(con: duckdb.DuckDBPyConnection, run: RunDir) -> dict[str, Any]:
+    """``loupe eval --run``'s dataset-quality metrics (``loupe.eval.quality``), shown in the report."""
+    from loupe.eval.quality import quality_metrics
+
+    return quality_metrics(con, run.path)
 
 
 def report_path(run: RunDir, output: str | Path | None) -> Path:

@@ -273,6 +273,26 @@ def lengths_section(d: ReportData, plots: dict[str, str | None]) -> str:
     return f'<section id="lengths"><h2>Lengths</h2>{stats}<div class="figs">{"".join(figs)}</div></section>'
 
 
+def quality_section(d: ReportData) -> str:
+    """Dataset-quality metrics (``loupe eval --run``; definitions in ``eval/quality.py``)."""
+    q = d.extra.get("quality")
+    if not q:
+        return ""
+    from loupe.eval.quality import flatten
+
+    rows = [
+        f'<tr><td>{esc(k)}</td><td class="num">{esc(f"{v:.3f}" if isinstance(v, float) else v)}</td></tr>'
+        for k, v in flatten(q)
+    ]
+    return (
+        '<section id="quality"><h2>Dataset quality</h2><p>The numbers <code>loupe eval --run</code> prints: '
+        "caption length, evidence coverage, object-word hallucination against detections and tags "
+        "(CHAIR), OCR density, dedup and drop ratios, token statistics.</p>"
+        + _table(["metric", "value"], rows)
+        + "</section>"
+    )
+
+
 def samples_section(d: ReportData, im: Images) -> str:
     rows = []
     for s in d.samples:
@@ -311,6 +331,7 @@ def render_page(d: ReportData, im: Images, plots: dict[str, str | None]) -> str:
             experts_section(d, im),
             captions_section(d, im),
             lengths_section(d, plots),
+            quality_section(d),
             samples_section(d, im),
         ]
     )

@@ -92,3 +92,11 @@ def test_cli_run_quality(tmp_path):
     assert json.loads(r.stdout)["live"] == 3
     r = CliRunner().invoke(app, ["eval", "--run", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "not a run directory" in r.output
+
+
+def test_report_shows_quality(tmp_path):
+    from loupe.pipeline.report import build_report
+
+    run = make_run(tmp_path)
+    page = build_report(resolve_run(run)).read_text()
+    assert 'id="quality"' in page and "hallucination.chair_s" in page and "captions.words_mean" in page

@@ -8,7 +8,7 @@ markers stand for, in order. A model answers a batch of queries with greedy deco
 
 :class:`HFLlava` wraps any ``LlavaForConditionalGeneration`` folder (llava-hf conversions, and
 ``loupe train`` checkpoints of the ``llava`` strategy, which are saved in that format) with its
-processor (or a tokenizer plus ``CLIPImageProcessor``). Prompts are rendered with LLaVA-1.5's
+processor; images are padded to a square first, as LLaVA-1.5 evaluates. Prompts are rendered with LLaVA-1.5's
 ``vicuna_v1`` conversation (haotian-liu/LLaVA ``llava/conversation.py`` L54-63, L242-252:
 ``"{system} USER: {q} ASSISTANT: {a}</s>USER: ..."``), which is how the seed models were evaluated,
 or with Loupe's Llama-3 template (``chat_format="llama3"``).
@@ -75,13 +75,223 @@ def render(
     raise LoupeError(f"chat_format: {chat_format!r} is not known; valid: {', '.join(CHAT_FORMATS)}")
 
 
-class HFLlava:
-    """A ``LlavaForConditionalGeneration`` checkpoint folder, run with batched greedy decoding."""
+class TokenVLM:
+    """Shared batched greedy decoding and answer scoring over a ``_encode`` hook.
+
+    Subclasses set ``model``, ``tokenizer``, ``device``, ``chat_format`` and implement
+    ``_encode(texts, images, padding_side) -> dict`` (model inputs, ``input_ids`` and
+    ``attention_mask`` included, images expanded to their tokens).
+    """
+
+    model: Any
+    tokenizer: Any
+    device: str
+    chat_format: str
+
+    def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+        raise NotImplementedError
+
+    def _inputs(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+        import torch
+
+        enc = {k: v.to(self.device) for k, v in self._encode(texts, images, padding_side).items()}
+        dtype = next(self.model.parameters()).dtype
+        return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in enc.items()}
+
+    def answer(self, queries: Sequence[Query], max_new_tokens: int = 128) -> list[str]:
+        import torch
+
+        if not queries:
+            return []
+        texts = [render(q.turns, self.chat_format) for q in queries]
+        enc = self._inputs(texts, [im for q in queries for im in q.images], "left")
+        with torch.inference_mode():
+            if hasattr(self.model, "generate"):
+                out = self.model.generate(
+                    **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )[:, enc["input_ids"].shape[1] :]  # fmt: skip
+            else:
+                out = self._greedy(enc, max_new_tokens)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _greedy(self, enc: dict, max_new_tokens: int):
+        """Greedy loop for models without ``generate`` (no KV cache). Rows run one at a time:
+        without ``position_ids`` in the strategy contract, left padding would shift positions."""
+        import torch
+
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        rows = []
+        n_img = 0
+        for i in range(enc["input_ids"].shape[0]):
+            keep = enc["attention_mask"][i].bool()
+            ids = enc["input_ids"][i][keep][None]
+            # this row's images: as many as its prompt has image placeholders (collated in order)
+            k = self._images_in(ids)
+            extra = {
+                key: v[n_img : n_img + k]
+                for key, v in enc.items()
+                if key not in ("input_ids", "attention_mask")
+            }
+            n_img += k
+            new: list[int] = []
+            for _ in range(max_new_tokens):
+                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0, -1]
+                t = int(logits.argmax())
+                new.append(t)
+                if t == eos:
+                    break
+                ids = torch.cat([ids, ids.new_tensor([[t]])], 1)
+            rows.append(new)
+        width = max((len(r) for r in rows), default=0)
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def _images_in(self, ids) -> int:
+        """Number of images in one encoded prompt (overridden where images expand to many tokens)."""
+        return 1
+
+    def answer_loss(self, queries: Sequence[Query], answers: Sequence[str]) -> list[float]: ...
+
+
+def render(
+    turns: Sequence[tuple[str, str]], chat_format: str = "vicuna_v1", answer: str | None = None
+) -> str:
+    """The prompt text ending where the assistant speaks next; with ``answer``, the answer and its
+    end-of-turn separator are appended (the text whose answer tokens ``answer_loss`` scores)."""
+    if chat_format == "vicuna_v1":
+        seps = (" ", "</s>")
+        out = VICUNA_SYSTEM + seps[0]
+        for i, (role, text) in enumerate(turns):
+            out += ("USER" if role == "user" else "ASSISTANT") + ": " + text + seps[i % 2]
+        out += "ASSISTANT:"
+        return out if answer is None else out + " " + answer + seps[1]
+    if chat_format == "llama3":
+        from loupe.schemas.llama3 import EOT, llama3_render
+
+        out = llama3_render([{"role": r, "content": t} for r, t in turns], add_generation_prompt=True)
+        return out if answer is None else out + answer.strip() + EOT
+    raise LoupeError(f"chat_format: {chat_format!r} is not known; valid: {', '.join(CHAT_FORMATS)}")
+
+
+class TokenVLM:
+    """Shared batched greedy decoding and answer scoring over a ``_encode`` hook.
+
+    Subclasses set ``model``, ``tokenizer``, ``device``, ``chat_format`` and implement
+    ``_encode(texts, images, padding_side) -> dict`` (model inputs, ``input_ids`` and
+    ``attention_mask`` included, images expanded to their tokens).
+    """
+
+    model: Any
+    tokenizer: Any
+    device: str
+    chat_format: str
+
+    def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+        raise NotImplementedError
+
+    def _inputs(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+        import torch
+
+        enc = {k: v.to(self.device) for k, v in self._encode(texts, images, padding_side).items()}
+        dtype = next(self.model.parameters()).dtype
+        return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in enc.items()}
+
+    def answer(self, queries: Sequence[Query], max_new_tokens: int = 128) -> list[str]:
+        import torch
+
+        if not queries:
+            return []
+        texts = [render(q.turns, self.chat_format) for q in queries]
+        enc = self._inputs(texts, [im for q in queries for im in q.images], "left")
+        with torch.inference_mode():
+            if hasattr(self.model, "generate"):
+                out = self.model.generate(
+                    **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )[:, enc["input_ids"].shape[1] :]  # fmt: skip
+            else:
+                out = self._greedy(enc, max_new_tokens)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _greedy(self, enc: dict, max_new_tokens: int):
+        """Plain greedy loop (no KV cache) for models without ``generate``: every step re-runs the
+        whole left-padded batch and appends each row's arg-max token until EOS or the cap."""
+        import torch
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        new = []
+        for _ in range(max_new_tokens):
+            logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits[:, -1]
+            nxt = torch.where(done, torch.full_like(done, pad, dtype=ids.dtype), logits.argmax(-1))
+            new.append(nxt)
+            done |= nxt == eos
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, (~done | (nxt == eos))[:, None].to(mask.dtype)], 1)
+            if bool(done.all()):
+                break
+        return torch.stack(new, 1) if new else ids[:, :0]
+
+    def answer_loss(self, queries: Sequence[Query], answers: Sequence[str]) -> list[float]:
+        """Mean token cross-entropy of each answer (and its end-of-turn token) given its query,
+        as DualFocus's ``reduction='none'`` loss (llava_llama.py L99-115)."""
+        import torch
+
+        if not queries:
+            return []
+        fulls = [render(q.turns, self.chat_format, answer=a) for q, a in zip(queries, answers, strict=True)]
+        enc = self._inputs(fulls, [im for q in queries for im in q.images], "right")
+        prompt_lens = [
+            int(
+                self._encode([render(q.turns, self.chat_format)], list(q.images), "right")["input_ids"].shape[
+                    1
+                ]
+            )
+            for q in queries
+        ]
+        labels = enc["input_ids"].clone()
+        labels[enc["attention_mask"] == 0] = -100
+        for i, n in enumerate(prompt_lens):
+            labels[i, :n] = -100
+        with torch.inference_mode():
+            logits = self.model(**enc).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        ce = torch.nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), reduction="none"
+        ).view(shift_labels.shape)
+        mask = shift_labels != -100
+        return ((ce * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+
+
+def _torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def default_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class HFLlava(TokenVLM):
+    """A ``LlavaForConditionalGeneration`` folder with its processor, batched greedy decoding."""
 
     def __init__(
-        self, path: str | Path, chat_format: str = "vicuna_v1", device: str | None = None, dtype: str = "auto"
+        self,
+        path: str | Path,
+        chat_format: str = "vicuna_v1",
+        device: str | None = None,
+        dtype: str = "auto",
+        pad_to_square: bool = True,
     ):
-        import torch
         from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
@@ -96,83 +306,53 @@ class HFLlava:
             )
         if chat_format not in CHAT_FORMATS:
             raise LoupeError(f"chat_format: {chat_format!r} is not known; valid: {', '.join(CHAT_FORMATS)}")
+        if (
+            not (path / "preprocessor_config.json").is_file()
+            and not (path / "processor_config.json").is_file()
+        ):
+            raise LoupeError(
+                f"--model: {path} has no processor files (preprocessor_config.json); save the processor with the model"
+            )
         self.chat_format = chat_format
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = {"auto": torch.float16 if self.device.startswith("cuda") else torch.float32,
-                       "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]  # fmt: skip
+        # LLaVA-1.5 evaluates with image_aspect_ratio='pad': expand2square with the CLIP mean colour
+        # before the processor (llava/mm_utils.py L152-176); HF processors alone would centre-crop.
+        self.pad_to_square = pad_to_square
+        self.device = default_device(device)
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = self.processor.tokenizer
         self.model = (
-            LlavaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
+            LlavaForConditionalGeneration.from_pretrained(path, dtype=_torch_dtype(dtype, self.device))
+            .to(self.device)
+            .eval()
         )
         self.name = path.name
 
-    def _batch(self, texts: list[str], images: list[Any], padding_side: str):
+    def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
         self.tokenizer.padding_side = padding_side
-        enc = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in enc.items()}
+        if self.pad_to_square and images:
+            from loupe.train.strategies.base import pad_to_square
 
-    def answer(self, queries: Sequence[Query], max_new_tokens: int = 128) -> list[str]:
-        import torch
-
-        if not queries:
-            return []
-        texts = [render(q.turns, self.chat_format) for q in queries]
-        enc = self._batch(texts, [im for q in queries for im in q.images], "left")
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **enc,
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
+            mean = tuple(
+                getattr(self.processor.image_processor, "image_mean", None)
+                or (0.48145466, 0.4578275, 0.40821073)
             )
-        new = out[:, enc["input_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-
-    def answer_loss(self, queries: Sequence[Query], answers: Sequence[str]) -> list[float]:
-        """Mean token cross-entropy of each answer (and its end-of-turn token) given its query,
-        as DualFocus's ``reduction='none'`` loss (llava_llama.py L99-115)."""
-        import torch
-
-        if not queries:
-            return []
-        prompts = [render(q.turns, self.chat_format) for q in queries]
-        fulls = [render(q.turns, self.chat_format, answer=a) for q, a in zip(queries, answers, strict=True)]
-        images = [im for q in queries for im in q.images]
-        enc = self._batch(fulls, images, "right")
-        prompt_lens = [
-            int(self._batch([p], list(q.images), "right")["input_ids"].shape[1])
-            for p, q in zip(prompts, queries)
-        ]
-        labels = enc["input_ids"].clone()
-        labels[enc["attention_mask"] == 0] = -100
-        for i, n in enumerate(prompt_lens):
-            labels[i, :n] = -100
-        if "pixel_values" in enc:
-            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-        with torch.inference_mode():
-            logits = self.model(**enc).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-        ce = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), reduction="none"
-        ).view(shift_labels.shape)
-        mask = shift_labels != -100
-        return ((ce * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+            images = [pad_to_square(im.convert("RGB"), mean) for im in images]
+        return dict(self.processor(text=texts, images=images or None, padding=True, return_tensors="pt"))
 
 
 def load_vlm(path: str | Path, chat_format: str | None = None, device: str | None = None) -> VLM:
-    """A model folder -> a :class:`VLM`. Knows HF LLaVA folders (``config.json`` with
-    ``model_type: llava``), which includes ``loupe train`` checkpoints of the llava strategy."""
+    """A model folder -> a :class:`VLM`: a ``loupe train`` checkpoint (``loupe_train.yaml``; any
+    strategy, see ``eval/loupe_ckpt.py``) or a HF LLaVA folder (``config.json`` with
+    ``model_type: llava`` and its processor files)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise LoupeError(f"--model: {p} does not exist")
     if not p.is_dir():
-        raise LoupeError(
-            f"--model: {p} is not a folder (expected a model checkpoint folder with config.json)"
-        )
+        raise LoupeError(f"--model: {p} is not a folder (expected a model checkpoint folder)")
+    from loupe.eval.loupe_ckpt import StrategyVLM, is_loupe_checkpoint
+
+    if is_loupe_checkpoint(p):
+        return StrategyVLM(p, chat_format=chat_format, device=device)
     cfg = p / "config.json"
     if not cfg.is_file():
         raise LoupeError(

@@ -20,7 +20,9 @@ HEADER = """# Recipe reference
 A recipe is a YAML file: a `name`, one or more `sources`, and `stages` run in order after ingest.
 Paths are relative to the recipe file. `loupe validate recipe.yaml` checks a recipe;
 `loupe schema recipe` prints its JSON Schema. Shipped recipes: `demo.yaml` (offline, bundled
-images), `laion.yaml` (URL lists via img2dataset), `smr.yaml` (SMR reasoning datasets).
+images: embed, SemDeDup, tags, Haar detection, OCR, captions, every export layout), `laion.yaml`
+(URL lists via img2dataset), `smr.yaml` (the 11 SMR reasoning datasets), `densefusion.yaml`
+(DenseFusion-1M as published) and `densefusion_small.yaml` (the same pipeline offline, small).
 
 Every stage accepts `batch_size` and `resources` (`num_cpus`, `num_gpus`, `concurrency`), used by
 the executors: the local executor runs one worker in-process, the Ray executor starts

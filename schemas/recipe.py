@@ -81,18 +81,31 @@ SmrDataset = Literal[
     "textbookqa",
     "ai2d",
     "geoqa_plus",
+    "release",
 ]
 
 
 class SmrSource(Strict):
-    """One dataset of the SMR (SliME) mixture, read from its native release files."""
+    """One dataset of the SMR (SliME) mixture, read from its native release files, or SliME's own SMR
+    release (dataset: release: one LLaVA-format JSON + the images)."""
 
     type: Literal["smr"]
-    dataset: SmrDataset = Field(description="Which SMR dataset this folder holds.")
+    dataset: SmrDataset = Field(
+        description="Which SMR dataset this folder holds; 'release' = SliME's SMR JSON + images, read as released."
+    )
     name: str | None = Field(None, description="Source name; defaults to the dataset name.")
     path: str = Field(description="Local copy of the dataset's release, relative to the recipe file.")
     split: str = Field("train", description="Split to read where the release has several.")
     limit: int | None = Field(None, ge=1, description="Read at most this many records.")
+    answer_style: Literal["reasoning", "letter"] = Field(
+        "reasoning",
+        description="reasoning: where the dataset ships a rationale (ScienceQA, MathVision, TabMWP, ArxivQA), "
+        "answer '<rationale>\\nAnswer: X' as SMR does; letter: the letter/value alone (LLaVA-1.5 style).",
+    )
+    annotation: str | None = Field(
+        None,
+        description="dataset: release only: the LLaVA-format JSON inside path (default: the one *.json).",
+    )
 
 
 SourceConfig = Annotated[Union[LocalFolderSource, UrlListSource, SmrSource], Field(discriminator="type")]
@@ -177,9 +190,15 @@ class SemDedupConfig(StageConfig):
     variant: Literal["paper", "greedy"] = Field(
         "paper", description="paper: compare with all earlier members; greedy: only earlier kept ones."
     )
-    kmeans_iters: int = Field(20, ge=1, description="k-means iterations.")
+    kmeans_iters: int = Field(100, ge=1, description="k-means iterations (SemDeDup release: 100).")
+    max_points_per_centroid: int | None = Field(
+        256,
+        ge=1,
+        description="k-means trains on at most this many points per centroid (faiss's sampling, as the "
+        "SemDeDup release); null trains on every point. Every point is assigned either way.",
+    )
     block_size: int = Field(4096, ge=2, description="Cluster members compared per block (memory bound).")
-    seed: int = Field(0, description="k-means and random-policy seed.")
+    seed: int = Field(1234, description="k-means and random-policy seed (SemDeDup release: 1234).")
     use_gpu: Literal["auto", "yes", "no"] = Field("auto", description="faiss GPU index when present.")
 
 
@@ -187,12 +206,19 @@ class SelectConfig(StageConfig):
     """DenseFusion selection: k-means into ``n_clusters`` and keep the top ``per_cluster`` by score."""
 
     stage: Literal["select"]
-    n_clusters: int = Field(100, ge=1, description="k-means clusters.")
+    n_clusters: int = Field(100, ge=1, description="k-means clusters (clusters: kmeans).")
     per_cluster: int = Field(10, ge=1, description="Samples kept per cluster.")
     score: Literal["centroid_distance", "centroid_similarity", "clip_score"] = Field(
         "centroid_similarity", description="Ranking inside a cluster (higher is kept first)."
     )
-    seed: int = Field(0, description="k-means seed.")
+    clusters: Literal["auto", "semdedup", "kmeans"] = Field(
+        "auto",
+        description="semdedup: the clusters the semdedup stage made (DenseFusion §3.1: top N 'from each "
+        "cluster' of SemDeDup); kmeans: a second k-means into n_clusters (a Loupe addition); auto: semdedup "
+        "when a semdedup stage clustered the samples, else kmeans.",
+    )
+    kmeans_iters: int = Field(100, ge=1, description="k-means iterations (clusters: kmeans).")
+    seed: int = Field(1234, description="k-means seed (clusters: kmeans).")
 
 
 class ClipScoreFilterConfig(StageConfig):
@@ -221,15 +247,23 @@ class OcrConfig(StageConfig):
 
 
 class DetectConfig(StageConfig):
-    """Object detection: closed-set YOLO or open-vocabulary OWL-ViT queried with the image's tags."""
+    """Object detection: OpenCV Haar cascades (offline, shipped in the OpenCV wheel: faces, cat faces, people),
+    closed-set YOLO, or open-vocabulary OWL-ViT queried with the image's tags."""
 
     stage: Literal["detect"]
-    backend: Literal["yolo", "owlvit"] = Field("yolo", description="Detector family.")
+    backend: Literal["haar", "yolo", "owlvit"] = Field(
+        "yolo",
+        description="Detector family: haar (offline; weights ship in opencv-python-headless; labels face, cat "
+        "face, person by default), yolo (weights you supply), owlvit (open vocabulary, queried with the tags).",
+    )
     model: str = Field("yolov8n.pt", description="Weights path or hub id (e.g. google/owlv2-base-patch16).")
     min_score: float = Field(0.25, ge=0, le=1, description="Score threshold.")
     iou: float = Field(0.5, ge=0, le=1, description="NMS IoU threshold.")
     max_boxes: int = Field(50, ge=1, description="Boxes kept per image, best first.")
-    queries: list[str] = Field([], description="OWL-ViT text queries; empty = use the image's tags.")
+    queries: list[str] = Field(
+        [],
+        description="OWL-ViT text queries (empty = the image's tags, as DenseFusion §3.2.1); haar: the labels.",
+    )
     imgsz: int = Field(640, ge=32, description="YOLO input size (pixels, multiple of 32).")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
 
@@ -258,7 +292,24 @@ class CaptionConfig(StageConfig):
     )
     model: str | None = Field(None, description="Hub id / local path / served model name.")
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL for backend=openai.")
-    prompt_template: str = Field("densefusion_v1", description="Prompt template name (data file).")
+    prompt_template: str = Field(
+        "densefusion_gpt4v",
+        description="Prompt template (pipeline/fuse/templates/<name>.txt): densefusion_gpt4v = DenseFusion's "
+        "App. C.2 GPT-4V prompt (192-word limit); densefusion_engine = its caption-engine prompt; loupe_v1 = "
+        "Loupe's earlier paraphrase with an Image Tags slot.",
+    )
+    box_min_score: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Boxes below this detector score are left out of the prompt (DenseFusion §3.2.1).",
+    )
+    max_boxes: int = Field(
+        20,
+        ge=0,
+        description="Boxes per prompt; above it, balanced sampling over COCO size bins, small objects first "
+        "(DenseFusion §3.2.1).",
+    )
     max_new_tokens: int = Field(320, ge=1, description="Generation budget.")
     concurrency: int = Field(4, ge=1, description="Parallel HTTP requests for backend=openai.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout for backend=openai.")

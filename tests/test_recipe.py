@@ -133,4 +133,4 @@ def test_every_shipped_recipe_validates(path):
 
 def test_unknown_prompt_template(tmp_path):
     msg = _error(tmp_path, GOOD + "  - stage: caption\n    prompt_template: densefusion_v9\n")
-    assert msg == "r.yaml: stages[2].prompt_template: 'densefusion_v9' is not a template; valid: densefusion_v1"
+    assert msg == "r.yaml: stages[2].prompt_template: 'densefusion_v9' is not a template; valid: densefusion_engine, densefusion_gpt4v, loupe_v1"

@@ -1,11 +1,33 @@
 """DenseFusion's perceptual-fusion prompt: expert evidence + alt-text -> captioner input.
 
-The captioner sees an "External Information" block (DenseFusion, Li et al. 2024, Sec. 3.2):
-*World Knowledge* (the alt-text), *Detection Box* lines ``- label: [x1, y1, x2, y2]`` with boxes
-normalised to [0, 1] and 3 decimals, image tags, and OCR lines in reading order, followed by the
-instruction to write one dense paragraph (~190 words) that uses the evidence without inventing
-anything. Templates are data files in ``templates/<name>.txt``; their sha256 enters the run's
-lineage hash, so editing a template starts a new run directory.
+Templates are data files in ``templates/<name>.txt``; their sha256 enters the run's lineage hash,
+so editing a template starts a new run directory.
+
+* ``densefusion_gpt4v`` (the default) is the paper's own prompt, App. C.2 "Prompt for GPT-4V" of
+  DenseFusion-1M (Li et al. 2024, arXiv 2407.08303): the 18 policies (192-word limit in policy 18),
+  the paragraph on external information, then the slots in the paper's order and spelling::
+
+      [External Information]:
+      [World Knowledge]: {SHORT CAPTION}
+      [Detection Box]:
+      - {OBJECT AA}: [x1, y1, x2, y2]
+      [OCR]:
+      - {SENTENCE A}
+      [IMAGE]:
+
+  Boxes are normalised to [0, 1] with 3 decimals, as in the paper's Fig. 3 ("person: [0.353, 0.096,
+  0.892, 0.991]"). The PDF text runs the slots together on one line and prints the policies as
+  "- 1." bullets; we put each slot and policy on its own line. Fig. 3 also lists image tags among the
+  fusion inputs (``<Image Tag>``), but the appendix template has no tag slot: we follow the appendix,
+  and tags reach the caption through the open-vocabulary detector's queries (``detect`` stage) and
+  the ``loupe_v1`` template.
+* ``densefusion_engine`` is App. C.2 "Prompt for Caption Engine", the short prompt DenseFusion's
+  fine-tuned LLaVA-1.6 caption engine was trained with (same slots).
+* ``loupe_v1`` is Loupe's earlier paraphrase with an ``Image Tags`` slot and ``(none)`` for empty slots.
+
+Box selection follows §3.2.1 ("we retain the objects with high confidence over the predefined
+threshold, and adopt a balanced sampling strategy to highlight small-scale objects"):
+:func:`select_boxes`.
 """
 
 from __future__ import annotations
@@ -32,6 +54,42 @@ def template_path(name: str) -> Path:
 
 def template_fingerprint(name: str) -> str:
     return hashlib.sha256(template_path(name).read_bytes()).hexdigest()[:12]
+
+
+#: COCO's object-size bins (area in pixels): small < 32², medium < 96², large otherwise
+SMALL_AREA, MEDIUM_AREA = 32 * 32, 96 * 96
+
+
+def size_bin(box, width: int | None, height: int | None) -> int:
+    """0 small, 1 medium, 2 large (COCO bins in pixels; by share of a 640x480 image when size is unknown)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = (width, height) if width and height else (640, 480)
+    area = max(0.0, x2 - x1) * w * max(0.0, y2 - y1) * h
+    return 0 if area < SMALL_AREA else 1 if area < MEDIUM_AREA else 2
+
+
+def select_boxes(
+    boxes: list[dict[str, Any]], min_score: float, max_boxes: int, width: int | None, height: int | None
+) -> list[dict[str, Any]]:
+    """§3.2.1: keep boxes scoring at least ``min_score``, then balanced sampling across object sizes.
+
+    The paper names the rule, not its numbers or bins. Ours: COCO's small/medium/large bins; take one
+    box per bin in turn, small first, each bin best score first, until ``max_boxes``. So when boxes
+    must be left out, small objects are never crowded out by large ones (generalist MLLMs already see
+    the large ones), and the choice is deterministic. The result is listed best score first.
+    """
+    kept = sorted((b for b in boxes if float(b["score"]) >= min_score), key=lambda b: -float(b["score"]))
+    if len(kept) <= max_boxes:
+        return kept
+    bins: list[list[dict[str, Any]]] = [[], [], []]
+    for b in kept:
+        bins[size_bin(b["box"], width, height)].append(b)
+    picked: list[dict[str, Any]] = []
+    while len(picked) < max_boxes:
+        for queue in bins:
+            if queue and len(picked) < max_boxes:
+                picked.append(queue.pop(0))
+    return sorted(picked, key=lambda b: -float(b["score"]))
 
 
 def fmt_box(box) -> str:
@@ -62,8 +120,14 @@ class Evidence:
         return json.dumps(
             {
                 "alt_text": self.alt_text,
-                "detect": [{"label": b["label"], "box": [round(float(v), 3) for v in b["box"]],
-                            "score": round(float(b["score"]), 3)} for b in self.boxes],
+                "detect": [
+                    {
+                        "label": b["label"],
+                        "box": [round(float(v), 3) for v in b["box"]],
+                        "score": round(float(b["score"]), 3),
+                    }
+                    for b in self.boxes
+                ],
                 "ocr": [{"text": o["text"], "box": [round(float(v), 3) for v in o["box"]]} for o in self.ocr],
                 "tags": [t["tag"] for t in self.tags],
             },
@@ -72,9 +136,14 @@ class Evidence:
 
 
 class PerceptualFusionPrompt:
-    """``PerceptualFusionPrompt("densefusion_v1").render(evidence)`` -> the captioner input string."""
+    """``PerceptualFusionPrompt("densefusion_gpt4v").render(evidence)`` -> the captioner input string.
 
-    def __init__(self, template: str = "densefusion_v1"):
+    Slots: ``{world_knowledge}`` (alt-text), ``{detection_lines}`` / ``{ocr_items}`` (one ``\\n- ...``
+    per item, empty when none: the paper's layout) and, for ``loupe_v1``, ``{detection_boxes}``,
+    ``{ocr_lines}``, ``{tags}`` (``(none)`` when empty).
+    """
+
+    def __init__(self, template: str = "densefusion_gpt4v"):
         self.name = template
         self.text = template_path(template).read_text(encoding="utf-8")
         self.version = f"{template}@{template_fingerprint(template)}"
@@ -83,6 +152,15 @@ class PerceptualFusionPrompt:
         boxes = "\n".join(f"- {b['label']}: {fmt_box(b['box'])}" for b in ev.boxes) or NONE
         ocr = "\n".join(f"- {o['text']}" for o in ev.ocr) or NONE
         tags = ", ".join(t["tag"] for t in ev.tags) or NONE
-        return self.text.format(
-            world_knowledge=ev.alt_text or NONE, detection_boxes=boxes, tags=tags, ocr_lines=ocr
+        box_lines = "".join(f"\n- {b['label']}: {fmt_box(b['box'])}" for b in ev.boxes)
+        ocr_items = "".join(f"\n- {o['text']}" for o in ev.ocr)
+        world = ev.alt_text or ("" if "{detection_lines}" in self.text else NONE)
+        text = self.text.format(
+            world_knowledge=world,
+            detection_boxes=boxes,
+            tags=tags,
+            ocr_lines=ocr,
+            detection_lines=box_lines,
+            ocr_items=ocr_items,
         )
+        return "\n".join(line.rstrip(" ") for line in text.split("\n"))

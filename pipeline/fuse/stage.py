@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from loupe.pipeline.fuse.checks import check_caption
 from loupe.pipeline.fuse.composer import compose
-from loupe.pipeline.fuse.prompt import Evidence, PerceptualFusionPrompt
+from loupe.pipeline.fuse.prompt import Evidence, PerceptualFusionPrompt, select_boxes
 from loupe.pipeline.logs import LOG
 from loupe.pipeline.stage import Stage, StageOutput
 from loupe.schemas.tables import CAPTIONS, drops_table
@@ -63,6 +63,10 @@ class Caption(Stage):
     def __call__(self, batch: pa.Table) -> StageOutput:
         rows = batch.to_pylist()
         evidence = [Evidence.from_row(r) for r in rows]
+        for ev in evidence:  # DenseFusion §3.2.1: confident boxes, balanced towards small objects
+            ev.boxes = select_boxes(
+                ev.boxes, self.config.box_min_score, self.config.max_boxes, ev.width, ev.height
+            )
         prompts = [self.prompt.render(ev) for ev in evidence]
         captions = self.backend.caption(prompts, evidence)
         out, drops = [], []

@@ -88,8 +88,8 @@ def test_caption_stage_with_transformers_backend(tmp_path, tiny_llm):
     assert out.covered is None and len(rows) + out.drops.num_rows >= 3
     for r in rows:
         assert r["backend"] == "transformers" and r["model"] == str(tiny_llm)
-        assert r["prompt"].startswith("You are an expert at describing images") and r["caption"]
-        assert r["prompt_version"].startswith("densefusion_v1@")
+        assert r["prompt"].startswith("You are the most powerful large multimodal model") and r["caption"]
+        assert r["prompt_version"].startswith("densefusion_gpt4v@")
     stage.close()
 
 

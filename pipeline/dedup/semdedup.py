@@ -70,9 +70,21 @@ def faiss_gpus(use_gpu: Literal["auto", "yes", "no"] = "auto") -> bool:
 
 
 def spherical_kmeans(
-    x: np.ndarray, k: int, iters: int = 20, seed: int = 0, use_gpu: Literal["auto", "yes", "no"] = "auto"
+    x: np.ndarray,
+    k: int,
+    iters: int = 100,
+    seed: int = 1234,
+    use_gpu: Literal["auto", "yes", "no"] = "auto",
+    max_points_per_centroid: int | None = 256,
 ) -> KMeansResult:
-    """faiss spherical k-means (centroids renormalised each step); ``k`` is capped at ``len(x)``."""
+    """faiss spherical k-means (centroids renormalised each step); ``k`` is capped at ``len(x)``.
+
+    Defaults are the SemDeDup release's (facebookresearch/SemDeDup: ``clustering/configs/openclip/
+    clustering_configs.yaml`` sets ``niter: 100``, ``seed: 1234``, ``Kmeans_with_cos_dist: True``;
+    ``clustering/clustering.py`` builds ``faiss.Kmeans(..., niter, seed=seed, spherical=...)`` without
+    touching faiss's sampling, which trains on at most ``max_points_per_centroid`` = 256 points per
+    centroid; every point is then assigned). ``max_points_per_centroid=None`` trains on every point.
+    """
     import faiss
 
     x = _as_unit(x)
@@ -83,9 +95,8 @@ def spherical_kmeans(
     gpu = faiss_gpus(use_gpu)
     km = faiss.Kmeans(
         d, k, niter=iters, seed=seed, spherical=True, gpu=gpu, verbose=False,
-        # train on every point (faiss subsamples to 256 per centroid by default) and stay quiet
-        # about small clusters: both are about speed/noise, not the definition
-        max_points_per_centroid=max(256, -(-n // k)), min_points_per_centroid=1,
+        max_points_per_centroid=max_points_per_centroid or max(256, -(-n // k)),
+        min_points_per_centroid=1,  # stay quiet about small clusters (a warning, not the definition)
     )  # fmt: skip
     km.train(x)
     cent = _as_unit(km.centroids)

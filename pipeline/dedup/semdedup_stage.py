@@ -47,7 +47,9 @@ class SemDedupStage(Stage):
         vec, prior, _ = vectors_with_earlier(self.ctx, self.table, batch_uids, self.name)
         new = ~prior
         t0 = time.time()
-        km = spherical_kmeans(vec.matrix, cfg.n_clusters, cfg.kmeans_iters, cfg.seed, cfg.use_gpu)
+        km = spherical_kmeans(
+            vec.matrix, cfg.n_clusters, cfg.kmeans_iters, cfg.seed, cfg.use_gpu, cfg.max_points_per_centroid
+        )
         t1 = time.time()
         eps_all = sorted({cfg.epsilon, *cfg.epsilons})
         res = semdedup_clusters(

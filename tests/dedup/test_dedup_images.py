@@ -89,7 +89,7 @@ def semantic_run(photos):
     stages = (
         "  - stage: embed\n    batch_size: 8\n"
         f"  - stage: semdedup\n    n_clusters: 4\n    epsilon: {SEMDEDUP_EPS}\n    epsilons: [0.01, 0.05, 0.5]\n"
-        "  - stage: select\n    n_clusters: 5\n    per_cluster: 2\n"
+        "  - stage: select\n    clusters: kmeans\n    n_clusters: 5\n    per_cluster: 2\n"
     )
     return (*run_recipe(root, stages, "semantic"), kinds)
 

@@ -102,16 +102,16 @@ def dvqa(tmp: Path) -> Expect:
             "image": "bar_train_00000000.png",
             "question": "Which bar has the largest value?",
             "answer": "cook",
-            "question_type": "data",
-            "bbox_answer": [10, 20, 30, 8],
+            "template_id": "data",
+            "answer_bbox": [10, 20, 30, 8],
             "question_id": 1,
         },
         {
             "image": "bar_train_00000000.png",
             "question": "How many bars are there?",
             "answer": "three",
-            "question_type": "structure",
-            "bbox_answer": [],
+            "template_id": "structure",
+            "answer_bbox": [],
             "question_id": 2,
         },
         {"image": "bar_train_00000001.png", "question": "Is the value of fish 5?", "answer": "yes"},
@@ -179,10 +179,10 @@ def arxivqa(tmp: Path) -> Expect:
         ids=["images/2301.00001_0.jpg", "images/2302.00002_1.jpg"],
         first_id="images/2301.00001_0.jpg",
         first_conversation=turns(
-            f"Which method has the lowest error?\nA. GAN\nB. VAE\nC. Flow\nD. Diffusion\n{MC}",
-            "D",
-            f"What does the x-axis show?\nA) Epochs\nB) Loss\nC) Time\n{MC}",
-            "A",
+            "Which method has the lowest error?\nA. GAN\nB. VAE\nC. Flow\nD. Diffusion",
+            "The diffusion curve is lowest.\nAnswer: D",
+            "What does the x-axis show?\nA) Epochs\nB) Loss\nC) Time",
+            "It is labelled epochs.\nAnswer: A",
         ),
         first_size=(45, 35),
         missing=["images/gone.jpg"],
@@ -218,10 +218,13 @@ def geometry3k(tmp: Path) -> Expect:
     image(base / "10" / "img_diagram.png", (48, 38), (5, 5, 5))
     garbage(base / "12" / "img_diagram.png")
     (base / "notes").mkdir()  # a stray folder without data.json is ignored
+    base = base.parent / "val"  # SMR trains on train + val (its JSON lists folders 0-2400)
+    problem(2101, "Find w.", ["5", "6", "7", "8"], "D")
+    image(base / "2101" / "img_diagram.png", (49, 39))
     return Expect(
         dataset="geometry3k",
         path="intergps",
-        ids=["2", "10"],
+        ids=["2", "10", "2101"],
         first_id="2",
         first_conversation=turns(f"Find x.\nA. 3\nB. 4\nC. 5\nD. 6\n{MC}", "C"),
         first_size=(47, 37),
@@ -409,8 +412,8 @@ def scienceqa(tmp: Path) -> Expect:
         first_id="1",
         first_conversation=turns(
             "Context: Look at the map.\nWhich of these states is farthest north?\n"
-            f"A. West Virginia\nB. Louisiana\nC. Arizona\nD. Oklahoma\n{MC}",
-            "A",
+            "A. West Virginia\nB. Louisiana\nC. Arizona\nD. Oklahoma",
+            "To find the answer, look at the compass rose.\nAnswer: A",
         ),
         first_size=(53, 43),
         missing=["7"],
@@ -465,8 +468,8 @@ def tabmwp(tmp: Path) -> Expect:
         ids=["33", "117"],
         first_id="33",
         first_conversation=turns(
-            f"The table shows a function. Is the function linear or nonlinear?\nA. linear\nB. nonlinear\n{MC}",
-            "B",
+            "The table shows a function. Is the function linear or nonlinear?\nA. linear\nB. nonlinear",
+            "The rate of change is not constant. The function is nonlinear.\nAnswer: B",
         ),
         first_size=(56, 46),
         missing=["200"],
@@ -606,7 +609,40 @@ def ai2d(tmp: Path) -> Expect:
     )
 
 
+def release(tmp: Path) -> Expect:
+    """SliME's SMR release: one LLaVA-format JSON, images under the data folder as its README lays out."""
+    root = tmp / "smr_data"
+    records = [
+        {"id": "geometry3k_0", "image": "Geometry3K/0/img_diagram.png",
+         "conversations": [{"from": "human", "value": "<image>\nFind x.\nA. 3\nB. 4"},
+                           {"from": "gpt", "value": "By the Pythagorean theorem x = 4.\nAnswer: B"}]},
+        {"id": "dvqa_7", "image": "DVQA/images/bar_train_00000007.png",
+         "conversations": [{"from": "human", "value": "How many bars?\n<image>"}, {"from": "gpt", "value": "two"},
+                           {"from": "human", "value": "Which is largest?"}, {"from": "gpt", "value": "cook"}]},
+        {"id": "geoqa_1", "image": "GeoQA3/image/1.png",
+         "conversations": [{"from": "human", "value": "<image>\nFind angle 1."}, {"from": "gpt", "value": "50°"}]},
+        {"id": "broken", "image": "geoqa+/images/9.png",
+         "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A"}]},
+        {"id": "text_only", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+    ]
+    dump(root / "SMR.json", records)
+    image(root / "Geometry3K" / "0" / "img_diagram.png", (61, 51))
+    image(root / "DVQA" / "images" / "bar_train_00000007.png", (62, 52), (3, 3, 3))
+    garbage(root / "geoqa+" / "images" / "9.png")
+    return Expect(
+        dataset="release",
+        path="smr_data",
+        ids=["geometry3k_0", "dvqa_7"],
+        first_id="geometry3k_0",
+        first_conversation=turns("Find x.\nA. 3\nB. 4", "By the Pythagorean theorem x = 4.\nAnswer: B"),
+        first_size=(61, 51),
+        missing=["geoqa_1"],
+        corrupt=["broken"],
+    )
+
+
 BUILDERS: dict[str, Callable[[Path], Expect]] = {
+    "release": release,
     "arxivqa": arxivqa,
     "dvqa": dvqa,
     "chartqa": chartqa,

@@ -211,6 +211,10 @@ def test_smr_recipe_validates():
     raw = yaml.safe_load((REPO / "recipes" / "smr.yaml").read_text())
     recipe = Recipe.model_validate(raw)
     assert {s.type for s in recipe.sources} == {"smr"}
+    datasets = [s.dataset for s in recipe.sources]
+    assert sorted(datasets) == sorted(set(ADAPTERS) - {"release"}) and len(datasets) == 11  # all of SMR
+    by_name = {s.dataset: s for s in recipe.sources}
+    assert by_name["mathvision"].split == "train" and by_name["geometry3k"].split == "train"
     assert [s.stage for s in recipe.stages] == ["exact_dedup", "ocr", "caption", "export"]
     assert recipe.stages[1].backend == "rapidocr" and recipe.stages[2].backend == "composer"
 
@@ -239,3 +243,90 @@ def test_smr_source_runs_through_the_local_executor(tmp_path):
     assert got == [{"source": "chartqa", "n": 2}, {"source": "tabmwp", "n": 2}]
     again = run_local(make_plan(load_recipe(recipe)), quiet=True)
     assert again["ingest"]["rows_in"] == 0 and again["ingest"]["skipped_done"] == 8
+
+
+# ---------------------------------------------------------------- SMR as released (issue: fidelity)
+def test_mathvision_train_leaves_testmini_out(tmp_path):
+    exp, _ = _build(tmp_path, "mathvision")
+    data = tmp_path / exp.path / "data"
+    # testmini is a subset of test: its problems must never reach training
+    mini_row = {"id": "6", "question": "Q", "options": ["A", "B"], "answer": "B", "image": "images/6.jpg"}
+    (data / "testmini.jsonl").write_text(json.dumps(mini_row) + "\n")
+    train, train_drops = _read(_source(tmp_path, "mathvision", exp.path))  # split: train is the default
+    assert train["source_id"].to_pylist() == ["4", "39"]
+    assert "6" not in train["source_id"].to_pylist() + [d["uid"] for d in train_drops.to_pylist()]
+    test, _ = _read(_source(tmp_path, "mathvision", exp.path, split="test"))
+    assert test["source_id"].to_pylist() == ["4", "6", "39"]  # evaluation reads it all
+    mini, _ = _read(_source(tmp_path, "mathvision", exp.path, split="testmini"))
+    assert mini["source_id"].to_pylist() == ["6"]
+    (data / "testmini.jsonl").unlink()
+    with pytest.raises(RecipeError, match=r"expected 'data/testmini.jsonl' beside data/test.jsonl"):
+        _read(_source(tmp_path, "mathvision", exp.path))
+
+
+def test_geometry3k_train_is_train_plus_val(tmp_path):
+    exp, _ = _build(tmp_path, "geometry3k")
+    only, _ = _read(_source(tmp_path, "geometry3k", exp.path, split="train_only"))
+    val, _ = _read(_source(tmp_path, "geometry3k", exp.path, split="val"))
+    assert only["source_id"].to_pylist() == ["2", "10"] and val["source_id"].to_pylist() == ["2101"]
+
+
+def test_dvqa_keeps_template_id_and_answer_bbox(tmp_path):
+    exp, src = _build(tmp_path, "dvqa")
+    rows, _ = _read(src)
+    q = json.loads(rows["meta"][0].as_py())["questions"]
+    assert [(x["template_id"], x["answer_bbox"]) for x in q] == [("data", [10, 20, 30, 8]), ("structure", None)]
+
+
+def test_geoqa3_in_the_layout_smr_distributes(tmp_path):
+    base = tmp_path / "smr" / "GeoQA3"
+    for pid, label in ((3, 1), (12, 0)):
+        (base / "json").mkdir(parents=True, exist_ok=True)
+        (base / "json" / f"{pid}.json").write_text(json.dumps(
+            {"id": pid, "subject": "如图，求∠1", "choices": ["40°", "50°"], "label": label,
+             "English_problem": f"Find angle {pid}.", "manual_program": ["g_minus"]}, ensure_ascii=False))
+    from smr_fixtures import image
+    image(base / "image" / "3.png", (30, 20))
+    rows, drops = _read(_source(tmp_path, "geoqa3", "smr"))
+    assert rows["source_id"].to_pylist() == ["3"] and drops["reason"].to_pylist() == ["missing_image"]
+    conv = rows["conversations"][0].as_py()
+    assert conv[0]["value"].startswith("Find angle 3.\nA. 40°\nB. 50°") and conv[1]["value"] == "B"
+    assert json.loads(rows["meta"][0].as_py())["problem_zh"] == "如图，求∠1"
+
+
+def test_geoqa_plus_in_internvls_layout(tmp_path):
+    root = tmp_path / "smr"
+    from smr_fixtures import image
+    image(root / "geoqa+" / "images" / "1.png", (33, 22))
+    recs = [{"id": 1, "image": "geoqa+/images/1.png",
+             "conversations": [{"from": "human", "value": "<image>\nFind AB.\nA. 1\nB. 2"},
+                               {"from": "gpt", "value": "AB = 2.\nAnswer: B"}]}]
+    (root / "geoqa+.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    rows, _ = _read(_source(tmp_path, "geoqa_plus", "smr"))
+    assert rows["source_id"].to_pylist() == ["1"]
+    assert [t["value"] for t in rows["conversations"][0].as_py()] == ["Find AB.\nA. 1\nB. 2", "AB = 2.\nAnswer: B"]
+
+
+def test_an_adapter_that_finds_nothing_is_an_error(tmp_path):
+    (tmp_path / "dvqa" / "qa").mkdir(parents=True)
+    (tmp_path / "dvqa" / "qa" / "train_qa.json").write_text("[]")
+    with pytest.raises(RecipeError, match=r"\(dvqa\): path 'dvqa' .*: the dvqa adapter found no records \(split 'train'\)"):
+        _read(_source(tmp_path, "dvqa", "dvqa"))
+
+
+def test_answer_style_letter_is_llava_short_form(tmp_path):
+    exp, _ = _build(tmp_path, "scienceqa")
+    rows, _ = _read(_source(tmp_path, "scienceqa", exp.path, answer_style="letter"))
+    q, a = rows["conversations"][0].as_py()
+    assert q["value"].endswith("D. Oklahoma\nAnswer with the option's letter from the given choices directly.")
+    assert a["value"] == "A"
+
+
+def test_release_annotation_must_be_named_when_ambiguous(tmp_path):
+    exp, _ = _build(tmp_path, "release")
+    (tmp_path / exp.path / "other.json").write_text("[]")
+    with pytest.raises(RecipeError, match=r"expected exactly one LLaVA-format '\*.json' inside it"):
+        _read(_source(tmp_path, "release", exp.path))
+    rows, _ = _read(_source(tmp_path, "release", exp.path, annotation="SMR.json"))
+    assert rows["source_id"].to_pylist() == exp.ids
+    assert json.loads(rows["meta"][1].as_py())["origin"] == "DVQA"

@@ -1,4 +1,4 @@
-"""One recipe with every SMR dataset as a source: per-source counts in duckdb match the fixtures."""
+"""One recipe with every SMR dataset (and the SMR release) as a source: per-source counts match the fixtures."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_recipe_with_every_smr_dataset_counts_per_source(tmp_path: Path):
     got = query(plan.run, "SELECT source, count(*) AS n FROM samples GROUP BY source ORDER BY source")
     counts = dict(zip(got["source"].to_pylist(), got["n"].to_pylist()))
     assert counts == {f"smr_{name}": len(e.ids) for name, e in expects.items()}
-    assert len(counts) == 11
+    assert len(counts) == 12  # the 11 datasets + SliME's own release
 
     # every missing or corrupt image is one ingest drop; every sample is live
     n_bad = sum(len(e.missing) + len(e.corrupt) for e in expects.values())

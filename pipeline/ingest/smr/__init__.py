@@ -10,12 +10,14 @@ their local copy of each dataset::
 One adapter module per dataset (``loupe.pipeline.ingest.smr.<dataset>``) maps the release's files
 to :class:`SmrRecord`; this class turns records into ``samples`` rows: image bytes stored as they
 are on disk, size from decoding, uid from the record's native id. A missing or corrupt image is a
-``drops/`` row, never a crashed batch; a path that does not hold the dataset is a RecipeError.
+``drops/`` row, never a crashed batch; a path that does not hold the dataset, or an adapter that
+finds no record at all there, is a RecipeError (an empty source would silently train on nothing).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Iterator
 from types import ModuleType
@@ -55,12 +57,27 @@ class Smr(Source):
         if not root.is_dir():
             raise RecipeError(f"{where} is not a folder")
         module = adapter(cfg.dataset)
+        params = inspect.signature(module.iter_records).parameters
+        opts = {
+            k: v
+            for k, v in (("answer_style", cfg.answer_style), ("annotation", cfg.annotation))
+            if k in params
+        }
+        if cfg.annotation and "annotation" not in params:
+            raise RecipeError(
+                f"source {self.name!r}: annotation: only dataset 'release' reads an annotation file"
+            )
+        n = 0
         try:
-            yield from module.iter_records(root, cfg.split)
+            for rec in module.iter_records(root, cfg.split, **opts):
+                n += 1
+                yield rec
         except AdapterError as e:
             if e.field == "split":
                 raise RecipeError(f"source {self.name!r}: split {cfg.split!r}: {e}") from None
             raise RecipeError(f"{where} does not look like a {cfg.dataset} release: {e}") from None
+        if n == 0:
+            raise RecipeError(f"{where}: the {cfg.dataset} adapter found no records (split {cfg.split!r})")
 
     def read(self, skip: set[str]) -> Iterator[StageOutput]:
         rows: list[dict] = []

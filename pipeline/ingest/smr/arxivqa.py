@@ -8,7 +8,8 @@ correct letter (sometimes followed by the option text). The release has one spli
 
 One record per figure: its questions become one multi-turn conversation whose prompts list the
 options as released and end with the LLaVA-1.5 multiple-choice instruction; answers are the
-letter. The GPT-4V rationale is kept in ``meta`` (not trained on by default).
+letter, or with ``answer_style: reasoning`` (the default) the GPT-4V rationale then ``Answer: <letter>``
+(the instruction to answer directly is then left out of the prompt).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from loupe.pipeline.ingest.smr.base import (
     iter_jsonl,
     leading_letter,
     text,
+    with_rationale,
 )
 
 SPLITS = ("train",)
 
 
-def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
+def iter_records(root: Path, split: str, answer_style: str = "reasoning") -> Iterator[SmrRecord]:
     check_split("arxivqa", split, SPLITS)
     base = find_root(root, "arxivqa.jsonl", nested=("ArxivQA",))
     by_image: dict[str, list[dict]] = {}
@@ -43,8 +45,9 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
         for r in qas:
             options = [text(o) for o in r.get("options") or [] if text(o)]
             answer = leading_letter(text(r.get("label"))) or ""
-            prompt = "\n".join([text(r.get("question")), *options, MC_INSTRUCTION])
-            pairs.append((prompt, answer))
+            reply, direct = with_rationale(r.get("rationale"), answer, answer_style) if answer else ("", True)
+            prompt = "\n".join([text(r.get("question")), *options, *([MC_INSTRUCTION] if direct else [])])
+            pairs.append((prompt, reply))
             questions.append(
                 {
                     "id": r.get("id"),

@@ -13,6 +13,14 @@ Tuning", Table 7 "response formatting prompts", used for its ScienceQA / VQA / A
 - short answer: ``question`` + ``"Answer the question using a single word or phrase."``; the answer
   is the dataset's answer text.
 
+Answer style (``answer_style`` in the recipe). SMR's released conversations answer its reasoning
+sets with a rationale followed by the final answer (read from the release JSON, yifanzhang114/SMR on
+the Hugging Face hub; not verifiable offline here, so the ``release`` adapter reads that file as is). Where a dataset ships a rationale (ScienceQA's ``solution``,
+MathVision's ``solution``, TabMWP's ``solution``, ArxivQA's ``rationale``), ``reasoning`` (the
+default) answers ``<rationale>\nAnswer: <letter or value>`` and the prompt drops the "answer ...
+directly" instruction; ``letter`` keeps LLaVA-1.5's short form. Datasets without a rationale answer
+with the letter / value in both styles.
+
 Several questions about the same image become one multi-turn conversation (as LLaVA-1.5 does for
 VQAv2), so exact dedup on image bytes never throws questions away. The ``<image>`` token is not
 added here: the export stage adds it to the first human turn.
@@ -108,16 +116,63 @@ def text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def mc_prompt(question: str, choices: list[str], context: str = "") -> str:
+def mc_prompt(question: str, choices: list[str], context: str = "", direct: bool = True) -> str:
     lines = [f"Context: {context}"] if context else []
     lines.append(question)
     lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
-    lines.append(MC_INSTRUCTION)
+    if direct:
+        lines.append(MC_INSTRUCTION)
     return "\n".join(lines)
 
 
-def short_prompt(question: str) -> str:
-    return f"{question}\n{SHORT_INSTRUCTION}"
+def short_prompt(question: str, direct: bool = True) -> str:
+    return f"{question}\n{SHORT_INSTRUCTION}" if direct else question
+
+
+def with_rationale(rationale: Any, answer: str, style: str) -> tuple[str, bool]:
+    """(answer text, whether the prompt asks for a direct answer) in the recipe's ``answer_style``."""
+    why = text(rationale)
+    if style == "reasoning" and why:
+        return f"{why}\nAnswer: {answer}", False
+    return answer, True
+
+
+def llava_records(rows: Any, image_root: Path, where: str) -> Iterable[SmrRecord]:
+    """LLaVA-format records (``{"id", "image", "conversations": [{"from", "value"}]}``) -> SmrRecords.
+
+    ``<image>`` tokens are removed (the export adds one to the first human turn); a record without an
+    image, or whose turns are not human/gpt pairs, is skipped. Repeated ids get ``#2``, ``#3``...
+    """
+    if not isinstance(rows, list):
+        raise LayoutError(f"{where} should hold a list of LLaVA records")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        if (
+            not isinstance(r, dict)
+            or not text(r.get("image"))
+            or not isinstance(r.get("conversations"), list)
+        ):
+            continue
+        pairs, turns = [], r["conversations"]
+        for q, a in zip(turns[0::2], turns[1::2]):
+            if not (isinstance(q, dict) and isinstance(a, dict)) or (q.get("from"), a.get("from")) != (
+                "human",
+                "gpt",
+            ):
+                pairs = []
+                break
+            pairs.append((text(q.get("value")).replace("<image>", "").strip(), text(a.get("value"))))
+        if not pairs:
+            continue
+        rid = text(r.get("id")) or str(i)
+        seen[rid] = seen.get(rid, 0) + 1
+        image = text(r["image"])
+        yield SmrRecord(
+            record_id=rid + (f"#{seen[rid]}" if seen[rid] > 1 else ""),
+            image_path=image_root / image,
+            conversations=conversation(pairs),
+            meta={"id": r.get("id"), "image": image, "origin": image.split("/")[0] if "/" in image else None},
+        )
 
 
 def letter(index: int) -> str:

@@ -3,8 +3,12 @@
 Source: https://github.com/kushalkafle/DVQA_dataset (README, "Download Links"). The release is
 two archives: the images, all in one folder and named ``bar_{split}_xxxxxxxx.png``, and the
 question-answer pairs, one file per split named ``{split}_qa.json`` with splits ``train``,
-``val_easy`` and ``val_hard``. Each QA file is a list of ``{"image", "question", "answer",
-"question_type", "bbox_answer", "question_id"}``. Unpacked, that is::
+``val_easy`` and ``val_hard``. Each QA file is a list of ``{"question_id", "image", "question",
+"answer", "template_id", "answer_bbox"}``: ``template_id`` says whether the question is of the
+structure, data or reasoning type and ``answer_bbox`` is the ``[x, y, w, h]`` box of the answer text
+in the chart (``[]`` when the answer is not drawn). The README's field list names these two
+``question_type`` and ``bbox_answer``, but the released JSON files use ``template_id`` and
+``answer_bbox``; we read the files' keys and fall back to the README's names. Unpacked, that is::
 
     <path>/images/bar_train_00000000.png ...
     <path>/qa/train_qa.json  val_easy_qa.json  val_hard_qa.json
@@ -58,9 +62,9 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
                 "questions": [
                     {
                         "question_id": r.get("question_id"),
-                        "question_type": r.get("question_type"),
+                        "template_id": r.get("template_id", r.get("question_type")),
                         "answer": text(r.get("answer")),
-                        "bbox_answer": r.get("bbox_answer") or None,
+                        "answer_bbox": r.get("answer_bbox", r.get("bbox_answer")) or None,
                     }
                     for r in qas
                 ]

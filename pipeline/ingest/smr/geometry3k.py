@@ -12,6 +12,11 @@ Source: https://github.com/lupantech/InterGPS (``data/geometry3k/``, and the pro
 ``problem_type_graph``, ``problem_type_goal``, ``source``... ``path`` may point at ``geometry3k``
 or at the InterGPS checkout (``data/geometry3k`` inside it).
 
+Splits: ``train`` (the default) reads ``train/`` and ``val/`` together, as SMR does: its JSON points
+at ``Geometry3K/<i>/img_diagram.png`` for the problem folders 0-2400 (SliME README, "SMR data
+structure" and step 4), and InterGPS numbers train 0-2100 and val 2101-2400. ``train_only``, ``val``
+and ``test`` read one folder each.
+
 One record per problem: the problem text with lettered choices; the answer is the letter.
 """
 
@@ -32,20 +37,26 @@ from loupe.pipeline.ingest.smr.base import (
     text,
 )
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "train_only", "val", "test")
+FOLDERS = {"train": ("train", "val"), "train_only": ("train",), "val": ("val",), "test": ("test",)}
 
 
 def _numeric(name: str) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (1 << 62, name)
 
 
-def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
-    check_split("geometry3k", split, SPLITS)
-    shown = f"{split}/<id>/data.json"
-    base = find_root(root, split, nested=("geometry3k", "data/geometry3k"), shown=shown) / split
+def _problem_folders(root: Path, name: str) -> list[Path]:
+    shown = f"{name}/<id>/data.json"
+    base = find_root(root, name, nested=("geometry3k", "data/geometry3k"), shown=shown) / name
     folders = sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: _numeric(p.name))
     if not any((p / "data.json").is_file() for p in folders[:50]):
         raise LayoutError(f"expected {shown!r} inside it")
+    return folders
+
+
+def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
+    check_split("geometry3k", split, SPLITS)
+    folders = [f for name in FOLDERS[split] for f in _problem_folders(root, name)]
     for folder in folders:
         try:
             data = json.loads((folder / "data.json").read_text(encoding="utf-8"))

@@ -12,6 +12,13 @@ Splits: ``train`` reads ``train.pk`` if present, else ``Mix-train.pk``; ``test``
 else ``new-test.pk``; ``dev`` reads ``dev.pk``; ``mix-train``, ``backtrans-train``,
 ``geoqa-train`` and ``new-test`` read those files by name. ``path`` may point at ``GeoQA2.2`` or
 its parents. Pickle format and records as for GeoQA3 (:mod:`loupe.pipeline.ingest.smr._geoqa`).
+
+SMR distributes GeoQA+ as InternVL packed it (SliME README, step 11: ``geoqa+_images.zip`` from
+OpenGVLab/InternVL, unpacked to ``geoqa+/images/``), with the conversations in InternVL's LLaVA-format
+annotation file ``geoqa+.jsonl`` (``{"id", "image": "geoqa+/images/<n>.png", "conversations"}``,
+one per line; a ``.json`` list works too). When no pickle is found, ``path`` may be that layout: a
+folder holding ``geoqa+.jsonl`` (or ``geoqa+.json``) whose ``image`` paths resolve against the folder or
+its parent. Those records keep InternVL's wording; ``split`` is not used (the file is training data).
 """
 
 from __future__ import annotations
@@ -20,7 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from loupe.pipeline.ingest.smr._geoqa import iter_pickle
-from loupe.pipeline.ingest.smr.base import LayoutError, SmrRecord, check_split
+from loupe.pipeline.ingest.smr.base import (
+    LayoutError,
+    SmrRecord,
+    check_split,
+    iter_jsonl,
+    llava_records,
+    read_json,
+)
 
 FILES = {
     "train": ("train.pk", "Mix-train.pk"),
@@ -43,5 +57,13 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
             if (root / folder / name).is_file():
                 yield from iter_pickle(root / folder / name, split)
                 return
+    for name in ("geoqa+.jsonl", "geoqa+.json"):
+        ann = root / name
+        if ann.is_file():
+            rows = list(iter_jsonl(ann)) if name.endswith(".jsonl") else read_json(ann)
+            first = next((r.get("image") for r in rows if isinstance(r, dict) and r.get("image")), "")
+            image_root = root if (root / str(first)).exists() else root.parent
+            yield from llava_records(rows, image_root, str(ann))
+            return
     wanted = " or ".join(repr(n) for n in FILES[split])
-    raise LayoutError(f"expected {wanted} inside it (or under 'GeoQA2.2/')")
+    raise LayoutError(f"expected {wanted} inside it (or under 'GeoQA2.2/'), or InternVL's 'geoqa+.jsonl'")

@@ -15,7 +15,8 @@ into ``data/scienceqa/images/{train,val,test}/``). Layout::
 Only problems with an image are read (about half of ScienceQA is text-only).
 
 One record per problem, in LLaVA's ScienceQA form: ``Context: <hint>`` (when there is one), the
-question, lettered choices; the answer is the letter. The lecture is the record's ``alt_text``.
+question, lettered choices; the answer is the letter, or with ``answer_style: reasoning`` (the default)
+the release's ``solution`` then ``Answer: <letter>``. The lecture is the record's ``alt_text``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from loupe.pipeline.ingest.smr.base import (
     mc_prompt,
     read_json,
     text,
+    with_rationale,
 )
 
 SPLITS = ("train", "val", "test", "trainval", "minival", "minitest")
 
 
-def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
+def iter_records(root: Path, split: str, answer_style: str = "reasoning") -> Iterator[SmrRecord]:
     check_split("scienceqa", split, SPLITS)
     base = find_root(root, "problems.json", nested=("scienceqa", "data/scienceqa"))
     problems = read_json(base / "problems.json")
@@ -58,12 +60,12 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
             continue
         # images live under the problem's own split (a "minival" problem's image is in images/val)
         image = base / "images" / text(p.get("split") or split) / pid / text(p["image"])
+        reply, direct = with_rationale(p.get("solution"), letter(answer), answer_style)
+        prompt = mc_prompt(text(p.get("question")), choices, context=text(p.get("hint")), direct=direct)
         yield SmrRecord(
             record_id=pid,
             image_path=image,
-            conversations=conversation(
-                [(mc_prompt(text(p.get("question")), choices, context=text(p.get("hint"))), letter(answer))]
-            ),
+            conversations=conversation([(prompt, reply)]),
             alt_text=text(p.get("lecture")) or None,
             meta={
                 "answer": answer,

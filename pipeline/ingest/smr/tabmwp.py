@@ -9,7 +9,8 @@ or at the PromptPG checkout (``data/tabmwp`` inside it).
 
 One record per problem. Multiple-choice problems list lettered choices and are answered with the
 letter of the choice equal to ``answer``; free-text ones use the short-answer prompt and the
-answer text (the unit stays in ``meta``). The table's text (with its title) is the record's
+answer text (the unit stays in ``meta``). With ``answer_style: reasoning`` (the default) the answer is
+the release's ``solution`` then ``Answer: <letter or value>``. The table's text (with its title) is the record's
 ``alt_text``: it is exactly what the image shows.
 """
 
@@ -29,12 +30,13 @@ from loupe.pipeline.ingest.smr.base import (
     read_json,
     short_prompt,
     text,
+    with_rationale,
 )
 
 SPLITS = ("train", "dev", "test", "dev1k", "test1k")
 
 
-def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
+def iter_records(root: Path, split: str, answer_style: str = "reasoning") -> Iterator[SmrRecord]:
     check_split("tabmwp", split, SPLITS)
     name = f"problems_{split}.json"
     base = find_root(root, name, nested=("tabmwp", "data/tabmwp"))
@@ -47,10 +49,12 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
         question = text(p.get("question"))
         answer = text(p.get("answer"))
         choices = [text(c) for c in p.get("choices") or []]
+        final = letter(choices.index(answer)) if choices and answer in choices else answer
+        reply, direct = with_rationale(p.get("solution"), final, answer_style)
         if choices and answer in choices:
-            prompt, reply = mc_prompt(question, choices), letter(choices.index(answer))
+            prompt = mc_prompt(question, choices, direct=direct)
         else:
-            prompt, reply = short_prompt(question), answer
+            prompt = short_prompt(question, direct=direct)
         title = text(p.get("table_title"))
         table = text(p.get("table"))
         yield SmrRecord(

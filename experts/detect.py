@@ -1,4 +1,14 @@
-"""Object detectors: closed-set ultralytics YOLO, or open-vocabulary OWL-ViT / OWLv2 (transformers).
+"""Object detectors: OpenCV Haar cascades (offline default), closed-set ultralytics YOLO, or
+open-vocabulary OWL-ViT / OWLv2 (transformers).
+
+Offline default. No general-purpose (COCO/LVIS) detector ships its weights inside a PyPI wheel that
+we could find: ultralytics, torchvision, transformers/OWL-ViT, YOLOX, DETR and RT-DETR all fetch
+weights from GitHub or a model hub at first use, and the wheels in the registry lists (``env``
+packages: ``*yolo*``, ``*detr*``, ``*ssd*``, ``*detect*``...) are wrappers, trainers or task-specific
+models. What does ship is OpenCV's Viola-Jones cascades, inside ``opencv-python-headless`` (a core
+dependency): ``backend: haar`` detects faces, cat faces and full-body people with them, offline,
+so the demo shows real boxes. For objects in general use ``yolo`` or ``owlvit`` with weights you
+downloaded once (docs/experts.md).
 
 Rows are ``{label, box, score}`` best first, boxes normalised to [0, 1] (``round_box``), at most
 ``max_boxes`` per image after the score threshold and class-wise NMS at ``iou``.
@@ -231,12 +241,91 @@ class OwlVitDetector(Expert):
         return out
 
 
+#: label -> cascade file in ``cv2.data.haarcascades`` (opencv-python-headless ships these XML files)
+HAAR_CASCADES = {
+    "face": "haarcascade_frontalface_default.xml",
+    "cat face": "haarcascade_frontalcatface_extended.xml",
+    "person": "haarcascade_fullbody.xml",
+    "upper body": "haarcascade_upperbody.xml",
+    "eye": "haarcascade_eye.xml",
+    "smile": "haarcascade_smile.xml",
+    "license plate": "haarcascade_russian_plate_number.xml",
+}
+HAAR_DEFAULT = ("face", "cat face", "person")
+
+
+class HaarDetector(Expert):
+    """OpenCV cascades (Viola & Jones 2001; Lienhart's extended Haar features), weights in the OpenCV wheel.
+
+    ``score`` is the share of neighbour votes, ``n / (n + min_neighbors)`` with ``n`` the overlapping
+    raw detections OpenCV merged into the box (``detectMultiScale2``): in [0.5, 1) for any accepted
+    box and higher when more scales and shifts agree. It ranks boxes; it is not a calibrated probability.
+    """
+
+    table = "detect"
+
+    def __init__(
+        self,
+        labels: list[str] | None = None,
+        min_score: float = 0.5,
+        max_boxes: int = 50,
+        max_side: int = 640,
+        min_neighbors: int = 5,
+    ):
+        import cv2
+
+        labels = list(labels or HAAR_DEFAULT)
+        unknown = [lb for lb in labels if lb not in HAAR_CASCADES]
+        if unknown:
+            raise RecipeError(
+                f"queries: {unknown} have no Haar cascade; backend haar detects: {', '.join(HAAR_CASCADES)}"
+            )
+        self.cv2 = cv2
+        self.cascades = {
+            lb: cv2.CascadeClassifier(cv2.data.haarcascades + HAAR_CASCADES[lb]) for lb in labels
+        }
+        self.min_score, self.max_boxes, self.max_side, self.min_neighbors = (
+            min_score,
+            max_boxes,
+            max_side,
+            min_neighbors,
+        )
+        self.model_id = "haar:" + ",".join(labels)
+
+    def _one(self, image: Image.Image) -> list[dict[str, Any]]:
+        gray = np.asarray(image.convert("L"))
+        h, w = gray.shape
+        scale = min(1.0, self.max_side / max(h, w))
+        if scale < 1.0:
+            gray = self.cv2.resize(
+                gray, (round(w * scale), round(h * scale)), interpolation=self.cv2.INTER_AREA
+            )
+        gray = self.cv2.equalizeHist(gray)
+        boxes, scores, labels = [], [], []
+        for label, cascade in self.cascades.items():
+            found, votes = cascade.detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=self.min_neighbors)
+            for (x, y, bw, bh), n in zip(np.asarray(found).reshape(-1, 4), np.asarray(votes).reshape(-1)):
+                score = float(n) / (float(n) + self.min_neighbors)
+                if score >= self.min_score:
+                    boxes.append([x / scale, y / scale, (x + bw) / scale, (y + bh) / scale])
+                    scores.append(score)
+                    labels.append(label)
+        if not boxes:
+            return []
+        return detection_rows(np.array(boxes), np.array(scores), labels, image.size, self.max_boxes)
+
+    def predict(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
+        return [self._one(im) for im in images]
+
+
 def make_detector(config: Any, base: Path | None = None) -> Expert:
     """Build the detector of a recipe ``detect`` stage config (``DetectConfig``)."""
     c = config
+    if c.backend == "haar":
+        return HaarDetector(list(c.queries) or None, c.min_score, c.max_boxes)
     if c.backend == "yolo":
         return YoloDetector(c.model, c.min_score, c.iou, c.max_boxes, c.device, base, imgsz=c.imgsz)
     if c.backend == "owlvit":
         model = c.model if c.model != "yolov8n.pt" else "google/owlv2-base-patch16"
         return OwlVitDetector(model, c.min_score, c.iou, c.max_boxes, c.queries, c.device, base)
-    raise RecipeError(f"detect backend={c.backend!r} is not valid; use yolo or owlvit")
+    raise RecipeError(f"detect backend={c.backend!r} is not valid; use haar, yolo or owlvit")

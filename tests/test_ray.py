@@ -422,6 +422,9 @@ def _demo_stages() -> list[dict]:
             return False
 
     stages = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())["stages"]
+    # the model stages (embed, semdedup, tag, detect) would triple the time of three Ray jobs; what
+    # these tests check (same output as local, kill + resume) is about scheduling, not models
+    stages = [s for s in stages if s["stage"] not in {"embed", "semdedup", "tag", "detect"}]
     for s in stages:
         if s["stage"] == "ocr":
             s["batch_size"] = 2  # many small commits: the kill test stops the job between two of them

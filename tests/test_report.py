@@ -313,7 +313,8 @@ def test_demo_report_in_headless_chromium(demo_cli_run, tmp_path):
     assert int(attrs["data-images-total"]) == dom.count("<img ") >= 33 + 14 + 3 + 6 + 3 + 1
     funnel = funnel_from_dom(dom)
     assert funnel == expected_funnel(run)
-    assert funnel == {"input": 37, "ingest": 36, "exact_dedup": 33, "ocr": 33, "caption": 33, "export": 33}
+    assert funnel == {"input": 37, "ingest": 36, "exact_dedup": 33, "embed": 33, "semdedup": 33, "tag": 33,
+                      "detect": 33, "ocr": 33, "caption": 33, "export": 33}
     assert list(funnel.values())[-1] == live
     # the key sections, filled from the run's tables
     assert dom.count('<tr data-status="') == 36

@@ -159,3 +159,26 @@ def test_owlvit_uncached_hub_id_is_model_unavailable(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailable, match="hf download google/owlv2-base-patch16"):
         make_detector(DetectConfig(stage="detect", backend="owlvit", model="google/owlv2-base-patch16"))
+
+
+# ------------------------------------------------------------------ Haar cascades (weights in the OpenCV wheel)
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo_images"
+
+
+def test_haar_finds_the_astronauts_face_offline():
+    det = make_detector(DetectConfig(stage="detect", backend="haar"))
+    assert det.model_id == "haar:face,cat face,person"
+    face, blank = det.predict([Image.open(DEMO / "astronaut.jpg"), Image.new("RGB", (320, 240), "gray")])
+    assert blank == []
+    faces = [r for r in face if r["label"] == "face"]
+    assert len(faces) == 1 and faces[0]["score"] >= 0.5
+    # Eileen Collins' face sits in the upper middle of the 512x512 NASA portrait
+    x1, y1, x2, y2 = faces[0]["box"]
+    assert 0.25 < x1 < x2 < 0.65 and 0.05 < y1 < y2 < 0.4
+    check_rows([face, blank], 2, 50, {"face", "cat face", "person"})
+    check_rows(det.predict(images()), len(MIXED), 50)  # tiny and extreme shapes do not break it
+
+
+def test_haar_labels_must_have_a_cascade():
+    with pytest.raises(RecipeError, match="queries: \\['dog'\\] have no Haar cascade; backend haar detects: face"):
+        make_detector(DetectConfig(stage="detect", backend="haar", queries=["face", "dog"]))

@@ -106,14 +106,18 @@ def yolo_weights(spec: str, base: Path | None = None) -> str:
         return spec  # an architecture shipped with ultralytics (cfg/models/...), randomly initialised
     from ultralytics.utils import SETTINGS
 
-    cached = Path(SETTINGS.get("weights_dir", "")) / spec
+    # ultralytics looks a weights *name* up in weights_dir: join the name, not the recipe's relative
+    # path (joining "weights/yolov8n.pt" named a non-existent weights_dir/weights/yolov8n.pt)
+    cached = Path(SETTINGS.get("weights_dir", "")) / Path(spec).name
     if cached.is_file():
         return str(cached)
     if hub_offline() or os.environ.get("YOLO_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        rel = Path(spec).expanduser()
+        tried = [rel] if rel.is_absolute() else [*([(base / rel).resolve()] if base else []), rel.resolve()]
         raise ModelUnavailable(
-            f"model: YOLO weights {spec!r} are not on this machine (looked in the recipe folder and "
-            f"{cached.parent}) and downloads are off (YOLO_OFFLINE / HF_HUB_OFFLINE). Put the .pt file "
-            "there or give its path in the recipe."
+            f"model: YOLO weights {spec!r} are not on this machine (looked in "
+            f"{', '.join(str(t) for t in dict.fromkeys([*tried, cached]))}) and downloads are off "
+            "(YOLO_OFFLINE / HF_HUB_OFFLINE). Put the .pt file there or give its path in the recipe."
         )
     return spec  # ultralytics downloads its released weights by name
 

@@ -73,12 +73,20 @@ def _fail(e: Exception) -> None:
 def validate(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    output: Optional[str] = typer.Option(
+        None, help="Root folder for runs, checked for writing (as `run --output`)."
+    ),
 ) -> None:
-    """Check a recipe: keys, types, values and input paths. Prints one line per problem."""
+    """Check a recipe: keys, types, values, then the preflight `run` does first: stage order and
+    dependencies (semdedup needs embed, OWL-ViT without queries needs tag, caption needs the evidence
+    its template uses), model weights resolvable offline (naming the paths looked in), output writable,
+    sources reachable. Prints one line per problem; exit status 2 when there is any error."""
     from loupe.pipeline.recipe import lineage_hash, load_recipe
 
+    _offline_env()
     try:
         loaded = load_recipe(recipe, overrides=set_)
+        _preflight(loaded, output)
     except LoupeError as e:
         _fail(e)
     r = loaded.recipe
@@ -86,6 +94,19 @@ def validate(
         f"[green]ok[/green] {recipe}: {len(r.sources)} source(s), stages: "
         f"{' -> '.join(['ingest', *[s.stage for s in r.stages]])}; lineage {lineage_hash(loaded)}"
     )
+
+
+def _preflight(loaded, output: str | None) -> None:
+    """Warnings to stderr; all errors at once as one LoupeError (one line each)."""
+    from loupe.pipeline.preflight import preflight
+
+    problems = preflight(loaded, output)
+    for p in problems:
+        if not p.error:
+            err.print(Text(f"warning: {loaded.path.name}: {p}"), highlight=False, soft_wrap=True)
+    errors = [f"{loaded.path.name}: {p}" for p in problems if p.error]
+    if errors:
+        raise LoupeError("\n".join(errors))
 
 
 @app.command()
@@ -120,6 +141,7 @@ def run(
     log = None
     try:
         loaded = load_recipe(recipe, overrides=set_)
+        _preflight(loaded, output)
         plan = make_plan(loaded, output, limit=limit)
         log = open_run_log(plan.run.path)
         LOG.info(

@@ -75,8 +75,18 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _scalar(yaml.safe_load(value))
     return raw
+
+
+def _scalar(v: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; a command line means the number."""
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v for c in ".eE") and v.strip() not in ("", ".") else v
+        except ValueError:
+            return v
+    return v
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -162,7 +172,3 @@ def load_train_config(path: str | Path, sets: list[str] = ()) -> LoadedTrainConf
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(sets))
     return parse_train_config(raw, p.name, p.resolve())
-
-
-def train_config_json_schema() -> dict:
-    return TrainConfig.model_json_schema()

@@ -56,6 +56,7 @@ class ChatTemplate:
     assistant: str
     image: str
     two_turns: bool
+    generation_prompt: str | None = None  # what ends an inference prompt (default: assistant_prefix)
 
 
 @cache
@@ -165,3 +166,27 @@ def encode(
     if all(x == IGNORE for x in labels):
         raise SkipSample("no learned token within data.max_length", "too long")
     return Encoded(out_ids, labels, n_image_tokens if image_end else 0)
+
+
+def prompt_ids(
+    tpl: ChatTemplate,
+    tokenizer: Any,
+    question: str,
+    n_image_tokens: int,
+    system: str | None = None,
+    history: list[dict[str, str]] = (),
+) -> list[int]:
+    """Input ids of a generation prompt: (history +) the question, then the assistant prefix, the
+    ``<image>`` placeholder expanded to ``n_image_tokens`` (0: text-only)."""
+    turns = [*history, {"from": "human", "value": question}]
+    segs = render(
+        tpl, turns, n_image_tokens > 0, tokenizer.bos_token or "", tokenizer.eos_token or "", system
+    )
+    gen = tpl.generation_prompt if tpl.generation_prompt is not None else tpl.assistant_prefix
+    text = "".join(s for s, _ in segs) + gen
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    out: list[int] = []
+    for t in ids:
+        out += [image_id] * n_image_tokens if t == image_id else [t]
+    return out

@@ -116,3 +116,14 @@ def test_empty_turn_and_system_prompt(tok):
         _enc(tok, "llama3", [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "  "}])
     segs = render(load_template("vicuna_v1"), TURNS[:2], True, "<s>", "</s>", system="Be brief.")
     assert "".join(s for s, _ in segs).startswith("<s>Be brief. USER: <image>\n")
+
+
+@pytest.mark.parametrize("name", ["llama3", "vicuna_v1"])
+def test_generation_prompt_is_the_training_prefix(tok, name):
+    from loupe.train.templates import prompt_ids
+
+    turns = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A red square."}]
+    _, enc = _enc(tok, name, turns, n_img=5)
+    ids = prompt_ids(load_template(name), tok, "What is it?", 5)
+    first_learned = next(i for i, lab in enumerate(enc.labels) if lab != IGNORE)
+    assert ids == enc.input_ids[:first_learned]

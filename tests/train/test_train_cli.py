@@ -106,6 +106,19 @@ def test_trains_on_demo_export_checkpoints_and_resumes_exactly(demo_runs, tmp_pa
         )
     assert gen.shape[1] == ids["input_ids"].shape[1] + 3
 
+    # and through Loupe's one entry point for every strategy (what eval/ uses)
+    from PIL import Image
+
+    from loupe.train.inference import load_for_inference
+
+    bundle = load_for_inference(out)
+    assert bundle.template.name == "llama3" and bundle.strategy.name == "llava"
+    inputs = bundle.inputs(Image.new("RGB", (64, 48), (9, 9, 9)), "What is it?")
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 576
+    with torch.no_grad():
+        gen = bundle.model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert isinstance(bundle.decode(gen, inputs), str) and gen.shape[1] == inputs["input_ids"].shape[1] + 2
+
 
 @pytest.mark.slow
 def test_bad_records_are_skipped_and_counted(tmp_path, demo_runs):

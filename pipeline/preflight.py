@@ -29,7 +29,13 @@ from typing import Any
 from loupe.pipeline.recipe import LoadedRecipe, stage_ids
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as loupe.pipeline.remote.is_uri, without pyarrow
-EVIDENCE_OF_PLACEHOLDER = {"ocr_lines": "ocr", "detection_boxes": "detect", "tags": "tag"}
+EVIDENCE_OF_PLACEHOLDER = {
+    "ocr_lines": "ocr",
+    "ocr_items": "ocr",
+    "detection_boxes": "detect",
+    "detection_lines": "detect",
+    "tags": "tag",
+}
 
 
 @dataclass

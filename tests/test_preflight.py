@@ -12,6 +12,9 @@ import pytest
 
 from loupe.pipeline.preflight import preflight
 from loupe.pipeline.recipe import load_recipe
+from loupe.schemas.recipe import CaptionConfig
+
+TEMPLATE = CaptionConfig.model_fields["prompt_template"].default
 
 CLI = [sys.executable, "-m", "loupe.pipeline.cli"]
 
@@ -57,10 +60,18 @@ def test_dependency_errors_in_under_a_second(tmp_path):
         "text embeddings)",
         "stages[4]: OWL-ViT detect without `queries` asks for each image's tags: it needs a tag stage before it "
         "(none runs), or set queries",
-        "stages[5]: prompt template 'densefusion_v1' uses ocr evidence but the ocr stage runs after the caption "
+        f"stages[5]: prompt template {TEMPLATE!r} uses ocr evidence but the ocr stage runs after the caption "
         "(stages[6]); move it before",
     ]
-    assert any("uses tag evidence but no tag stage runs" in w for w in warnings)
+
+
+def test_missing_template_evidence_is_a_warning(tmp_path):
+    p = _recipe(tmp_path, "  - {stage: caption, prompt_template: loupe_v1}\n")
+    errors, warnings, _ = _problems(p)
+    assert errors == []
+    assert [w.split(" but ")[0] for w in warnings] == [
+        f"stages[0]: prompt template 'loupe_v1' uses {e} evidence" for e in ("detect", "ocr", "tag")
+    ]
 
 
 def test_good_order_passes(tmp_path):

@@ -65,8 +65,22 @@ def _offline_env() -> None:
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+    # Text, not markup: a message quoting "[Errno 2]" or "['a']" must print as written
+    err.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _data_error(e: Exception, where: Path | None = None) -> LoupeError:
+    """A disk or shard error met while running, as one line naming the file (or else the run dir)."""
+    from loupe.pipeline.rundir import disk_error
+
+    if isinstance(e, OSError) and (e.filename or where):
+        mapped = disk_error(e, Path(e.filename or where))
+        if isinstance(mapped, LoupeError):
+            return mapped
+        return LoupeError(f"{e.filename or where}: {e.strerror or e}")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return LoupeError(f"{type(e).__name__}: {first}")
 
 
 @app.command()
@@ -134,6 +148,8 @@ def run(
     plain line per running stage every 5 s (LOUPE_PROGRESS_INTERVAL): done/total, rate, ETA, drops.
     Either way <run dir>/run.log records stage starts, progress, ends and warnings."""
     _offline_env()
+    from pyarrow import ArrowException
+
     from loupe.pipeline.executors.plan import make_plan
     from loupe.pipeline.logs import LOG, close_run_log, open_run_log
     from loupe.pipeline.recipe import load_recipe
@@ -143,7 +159,10 @@ def run(
         loaded = load_recipe(recipe, overrides=set_)
         _preflight(loaded, output)
         plan = make_plan(loaded, output, limit=limit)
-        log = open_run_log(plan.run.path)
+        try:
+            log = open_run_log(plan.run.path)
+        except OSError as e:
+            raise _data_error(e) from None
         LOG.info(
             "loupe run %s -> %s (executor %s%s%s)",
             recipe,
@@ -166,8 +185,18 @@ def run(
         else:
             raise LoupeError(f"--executor: {kind!r} is not an executor; valid: local, ray")
     except LoupeError as e:
-        LOG.error("%s", e)
+        if log is not None:  # without a handler, logging's last resort would print it a second time
+            LOG.error("%s", e)
         _fail(e)
+    except (OSError, ArrowException) as e:
+        # a full or read-only disk, or a shard that went bad after it was verified: one line; the
+        # next run re-verifies every shard (quarantining bad ones) and resumes
+        if log is not None:
+            from loupe.pipeline.integrity import VERIFIED
+
+            LOG.exception("run failed: %s", type(e).__name__)
+            Path(plan.run.path, VERIFIED).unlink(missing_ok=True)
+        _fail(_data_error(e, plan.run.path if log is not None else None))
     except BaseException as e:
         LOG.exception("run failed: %s", type(e).__name__)
         raise
@@ -237,6 +266,9 @@ def _resolve_run(run_dir: str):
     return resolve_run(run_dir)
 
 
+FORMATS = ("table", "csv", "json")
+
+
 @app.command()
 def query(
     run_dir: str = typer.Argument(
@@ -250,10 +282,17 @@ def query(
     format: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     limit: int = typer.Option(50, help="Rows shown in table format."),
 ) -> None:
-    """Query every table of a run with duckdb (binary columns are shown as their size)."""
+    """Query every table of a run with duckdb (binary columns are shown as their size).
+
+    Read-only: the connection sees only the run's views; reading or writing any file (read_csv,
+    COPY ... TO, ATTACH, INSTALL) is refused (docs/reliability.md)."""
     from loupe.pipeline.query import query as run_query
 
     try:
+        if format not in FORMATS:
+            raise LoupeError(f"--format: {format!r} is not a format; valid: {', '.join(FORMATS)}")
+        if limit < 0:
+            raise LoupeError(f"--limit: {limit} must be >= 0")
         result = run_query(_resolve_run(run_dir), sql)
     except LoupeError as e:
         _fail(e)
@@ -310,13 +349,19 @@ def schema(
 @app.command()
 def report(
     run_dir: str = typer.Argument(..., help="Run dir or runs/<recipe> for the newest."),
-    output: Optional[Path] = typer.Option(None, help="Folder for index.html (default <run>/report)."),
+    output: Optional[Path] = typer.Option(
+        None,
+        help="Folder for index.html (default <run>/report). It must be new, empty, or a folder an "
+        "earlier `loupe report` wrote: Loupe never replaces files it did not create.",
+    ),
     max_samples: int = typer.Option(5000, help="Rows (and thumbnails) in the searchable samples table."),
 ) -> None:
     """Write a self-contained HTML report of a run (report/index.html)."""
     try:
         from loupe.pipeline.report import build_report
 
+        if max_samples < 0:
+            raise LoupeError(f"--max-samples: {max_samples} must be >= 0")
         path = build_report(_resolve_run(run_dir), output, max_samples=max_samples)
     except LoupeError as e:
         _fail(e)

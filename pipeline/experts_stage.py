@@ -42,6 +42,12 @@ class ExpertStage(Stage):
         if close is not None:
             close()
 
+    def decode_side(self) -> int:
+        """The longest side the expert can use: bigger JPEGs decode at 1/2..1/8 scale (images.decode).
+        Boxes are stored normalised to [0, 1], so a reduced decode gives the same coordinates."""
+        cfg = self.config
+        return max(int(getattr(cfg, "max_side", 0) or 0), int(getattr(cfg, "imgsz", 0) or 0), 1024)
+
     def run_expert(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         """Call the expert; ``rows`` are the input rows (with evidence columns) of the same images."""
         return self.expert.predict(images)
@@ -59,10 +65,10 @@ class ExpertStage(Stage):
         images: list[Image.Image] = []
         for row in rows_in:
             try:
-                images.append(decode(row.get("image") or b""))
+                images.append(decode(row.get("image") or b"", max_side=self.decode_side()))
                 ok_rows.append(row)
             except DecodeError as e:
-                drops.append(self.drop(row["uid"], "decode_error", str(e)))
+                drops.append(self.drop(row["uid"], e.reason, str(e)))
 
         results: list[list[dict[str, Any]] | None]
         try:

@@ -187,6 +187,31 @@ def apply_override(raw: dict, assignment: str) -> None:
             raise RecipeError(f"{where}: {here} is a value ({node!r}), it has no field {seg!r}")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so a repeated ``min_score:`` would override the first without a word)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: let SafeLoader report it
+            continue
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given at line {first + 1})", key_node.start_mark
+            )
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_recipe(
     path: str | Path, check_paths: bool = True, overrides: list[str] | tuple[str, ...] = ()
 ) -> LoadedRecipe:
@@ -195,7 +220,11 @@ def load_recipe(
     if not p.exists():
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_bytes().decode("utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (safe loader)
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{p.name}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise RecipeError(f"recipe file {str(path)!r} cannot be read: {e.strerror}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -212,6 +241,14 @@ def load_recipe(
                 raise RecipeError(
                     f"{p.name}: sources[{i}].path: {src.path!r} does not exist (resolved to {target})"
                 )
+        from loupe.pipeline.remote import is_uri
+
+        out = recipe.output
+        if not is_uri(out):
+            root = loaded.resolve(out)
+            for q in (root, root / recipe.name):
+                if q.exists() and not q.is_dir():
+                    raise RecipeError(f"{p.name}: output: {out!r} is not a folder ({q} is a file)")
     for i, st in enumerate(recipe.stages):
         if st.stage == "caption":
             from loupe.pipeline.fuse.prompt import TEMPLATE_DIR

@@ -83,6 +83,7 @@ def render() -> str:
         "## Top level\n",
         model_section(R.Recipe, "recipe"),
         model_section(R.ExecutorConfig, "executor"),
+        model_section(R.Limits, "limits"),
         model_section(R.Resources, "resources (every stage)"),
         "## Sources\n",
     ]

@@ -7,9 +7,39 @@ Paths in a recipe are relative to the recipe file.
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_name(v: str) -> str:
+    """A name that becomes one folder: no separators, no ``..``, no control characters."""
+    if not _NAME.fullmatch(v) or len(v) > 128:
+        raise ValueError(
+            f"{v!r}: use 1-128 letters, digits, '_', '-', '.' starting with a letter or digit (it names a folder)"
+        )
+    return v
+
+
+def relative_subpath(v: str) -> str:
+    """A path that must stay inside the folder it is relative to (no absolute path, no ``..``)."""
+    if not v or _CONTROL.search(v) or "\\" in v:
+        raise ValueError(
+            f"{v!r}: must be a non-empty relative path without control characters or backslashes"
+        )
+    p = PurePosixPath(v)
+    if p.is_absolute() or ".." in p.parts or v.startswith("~"):
+        raise ValueError(f"{v!r}: must be a relative path inside the run dir (no leading '/', '~' or '..')")
+    return v
+
+
+SafeName = Annotated[str, AfterValidator(safe_name)]
+SubPath = Annotated[str, AfterValidator(relative_subpath)]
 
 
 class Strict(BaseModel):
@@ -22,7 +52,7 @@ class Resources(Strict):
 
     num_cpus: float = Field(1.0, ge=0, description="CPUs per worker.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per worker; fractions (0.25) share a GPU.")
-    concurrency: int = Field(1, ge=1, description="Workers (Ray actors) for this stage.")
+    concurrency: int = Field(1, ge=1, le=4096, description="Workers (Ray actors) for this stage.")
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -30,20 +60,33 @@ class LocalFolderSource(Strict):
     """Images in a folder (recursive). ``photo.jpg`` may have a sidecar ``photo.txt`` alt-text."""
 
     type: Literal["local_folder"]
-    name: str = Field("local", description="Source name written to samples.source.")
+    name: SafeName = Field(
+        "local", description="Source name written to samples.source (letters, digits, _ - .)."
+    )
     path: str = Field(description="Folder with images, relative to the recipe file.")
     extensions: list[str] = Field(
-        [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"],
-        description="File extensions read as images (case-insensitive).",
+        [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"],
+        min_length=1,
+        description="File extensions read as images (case-insensitive), each starting with '.'.",
     )
     alt_text_ext: str = Field(".txt", description="Sidecar extension read as alt-text.")
+
+    @field_validator("extensions", "alt_text_ext")
+    @classmethod
+    def _dotted(cls, v: list[str] | str) -> list[str] | str:
+        for e in [v] if isinstance(v, str) else v:
+            if not re.fullmatch(r"\.[A-Za-z0-9_+-]+", e):
+                raise ValueError(f"{e!r}: an extension is '.' followed by letters/digits, e.g. '.jpg'")
+        return v
 
 
 class UrlListSource(Strict):
     """LAION-style URL + caption table (parquet/csv/tsv/jsonl) downloaded with img2dataset."""
 
     type: Literal["url_list"]
-    name: str = Field("urls", description="Source name written to samples.source.")
+    name: SafeName = Field(
+        "urls", description="Source name written to samples.source (letters, digits, _ - .)."
+    )
     path: str = Field(description="URL table file or folder, relative to the recipe file.")
     input_format: Literal["parquet", "csv", "tsv", "json", "txt"] = Field(
         "parquet", description="Format of the URL table (img2dataset input_format)."
@@ -51,14 +94,16 @@ class UrlListSource(Strict):
     url_col: str = Field("url", description="Column holding the image URL.")
     caption_col: str | None = Field("caption", description="Column holding alt-text; null for none.")
     save_additional_columns: list[str] = Field([], description="Extra columns kept in samples.meta.")
-    image_size: int = Field(512, ge=8, description="img2dataset image_size (target edge in pixels).")
+    image_size: int = Field(
+        512, ge=8, le=65536, description="img2dataset image_size (target edge in pixels)."
+    )
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
         "keep_ratio", description="img2dataset resize_mode."
     )
     resize_only_if_bigger: bool = Field(True, description="Never upscale small images.")
     min_image_size: int = Field(0, ge=0, description="img2dataset min_image_size: smaller images fail.")
-    processes_count: int = Field(2, ge=1, description="img2dataset download processes.")
-    thread_count: int = Field(16, ge=1, description="img2dataset threads per process.")
+    processes_count: int = Field(2, ge=1, le=1024, description="img2dataset download processes.")
+    thread_count: int = Field(16, ge=1, le=4096, description="img2dataset threads per process.")
     timeout: int = Field(10, ge=1, description="Seconds per download.")
     retries: int = Field(0, ge=0, description="img2dataset retries per URL within one run.")
     allow_private_urls: bool = Field(
@@ -93,7 +138,7 @@ class SmrSource(Strict):
     dataset: SmrDataset = Field(
         description="Which SMR dataset this folder holds; 'release' = SliME's SMR JSON + images, read as released."
     )
-    name: str | None = Field(None, description="Source name; defaults to the dataset name.")
+    name: SafeName | None = Field(None, description="Source name; defaults to the dataset name.")
     path: str = Field(description="Local copy of the dataset's release, relative to the recipe file.")
     split: str = Field("train", description="Split to read where the release has several.")
     limit: int | None = Field(None, ge=1, description="Read at most this many records.")
@@ -113,7 +158,7 @@ SourceConfig = Annotated[Union[LocalFolderSource, UrlListSource, SmrSource], Fie
 
 # ------------------------------------------------------------------------------------ stages
 class StageConfig(Strict):
-    batch_size: int = Field(32, ge=1, description="Rows per batch handed to the stage.")
+    batch_size: int = Field(32, ge=1, le=100_000, description="Rows per batch handed to the stage.")
     resources: Resources = Field(default_factory=Resources, description="Per-worker resources.")
 
 
@@ -182,7 +227,9 @@ class SemDedupConfig(StageConfig):
     stage: Literal["semdedup"]
     n_clusters: int = Field(100, ge=1, description="k-means clusters (capped at the sample count).")
     epsilon: float = Field(0.05, gt=0, lt=1, description="Duplicate when cosine similarity > 1 - epsilon.")
-    epsilons: list[float] = Field([], description="Extra epsilons whose kept counts are reported.")
+    epsilons: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [], description="Extra epsilons (each in (0, 1)) whose kept counts are reported."
+    )
     target_size: int | None = Field(None, ge=1, description="Pick the epsilon whose kept count is nearest.")
     keep: Literal["hard", "easy", "random"] = Field(
         "hard", description="hard: keep farthest from centroid (paper default); easy: nearest; random."
@@ -225,7 +272,7 @@ class ClipScoreFilterConfig(StageConfig):
     """Drop samples whose image-text cosine similarity is below ``min_score`` (needs text embeddings)."""
 
     stage: Literal["clip_score_filter"]
-    min_score: float = Field(0.2, description="Minimum image-text cosine similarity.")
+    min_score: float = Field(0.2, ge=-1, le=1, description="Minimum image-text cosine similarity.")
 
 
 class OcrConfig(StageConfig):
@@ -355,7 +402,10 @@ class ExportConfig(StageConfig):
         "--together_hq_datasets (its loader keeps files whose name starts with it).",
     )
     dragonfly_rows_per_file: int = Field(50_000, ge=1, description="Rows per Dragonfly parquet part.")
-    image_dir: str = Field("images", description="Folder (under export/) the images are written to.")
+    image_dir: SubPath = Field(
+        "images",
+        description="Folder (relative, under export/) the images are written to; no '..' or '/' prefix.",
+    )
     tasks: list[Literal["caption", "ocr", "grounding", "source_qa"]] = Field(
         ["caption", "ocr", "grounding", "source_qa"], description="Conversation turns to build."
     )
@@ -413,6 +463,32 @@ class ExecutorConfig(Strict):
     address: str | None = Field(None, description="Ray address (auto, ray://host:10001); null starts one.")
 
 
+class Limits(Strict):
+    """Resource bounds that protect a run from hostile or broken inputs (docs/reliability.md)."""
+
+    max_image_pixels: int = Field(
+        90_000_000,
+        ge=1,
+        description="Pixel budget per image (width x height, read from the header before decoding); "
+        "larger images are dropped with reason image_too_large. ~90 Mpx = a 9500 x 9500 photo.",
+    )
+    max_batch_pixels: int = Field(
+        300_000_000,
+        ge=1,
+        description="Decoded pixels per stage batch (sum of width x height, ~3 bytes each in RGB); a "
+        "batch above it is split, so batch_size bounds rows and this bounds memory.",
+    )
+
+    @model_validator(mode="after")
+    def _batch_holds_one_image(self) -> Limits:
+        if self.max_batch_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"max_batch_pixels ({self.max_batch_pixels}) must be >= max_image_pixels "
+                f"({self.max_image_pixels}) so that every admitted image fits in a batch"
+            )
+        return self
+
+
 class Recipe(Strict):
     """A Loupe recipe."""
 
@@ -428,6 +504,34 @@ class Recipe(Strict):
     stages: list[StageEntry] = Field([], description="Stages run in order after ingest.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Default executor.")
     seed: int = Field(0, description="Global seed.")
+    limits: Limits = Field(default_factory=Limits, description="Pixel budgets per image and per batch.")
+
+    @field_validator("stages")
+    @classmethod
+    def _no_repeats(cls, v: list) -> list:
+        first: dict[str, int] = {}
+        for i, st in enumerate(v):
+            if st.stage in first:
+                raise ValueError(
+                    f"stages[{i}] repeats stage {st.stage!r} (first at stages[{first[st.stage]}]); each "
+                    "stage may appear once: its outputs and resume records are keyed by the stage name"
+                )
+            first[st.stage] = i
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, v: list) -> list:
+        seen: dict[str, int] = {}
+        for i, src in enumerate(v):
+            name = src.name or getattr(src, "dataset", None)
+            if name in seen:
+                raise ValueError(
+                    f"sources[{i}].name {name!r} repeats sources[{seen[name]}]; source names must differ "
+                    "(they are part of every uid and name the source's scratch folder)"
+                )
+            seen[name] = i
+        return v
 
     @field_validator("name")
     @classmethod

@@ -120,9 +120,10 @@ def test_lineage_hash_stable_and_sensitive(tmp_path):
     assert a != lineage_hash(_load(tmp_path, GOOD.replace("0.6", "0.7")))
 
 
-def test_repeated_stage_ids(tmp_path):
-    loaded = _load(tmp_path, GOOD + "  - stage: ocr\n")
-    assert stage_ids(loaded.recipe) == ["exact_dedup", "ocr", "ocr_2"]
+def test_repeated_stage_is_an_error(tmp_path):
+    msg = _error(tmp_path, GOOD + "  - stage: ocr\n")
+    assert "stages[2] repeats stage 'ocr' (first at stages[1])" in msg, msg
+    assert stage_ids(_load(tmp_path, GOOD).recipe) == ["exact_dedup", "ocr"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)

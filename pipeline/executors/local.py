@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from loupe.pipeline.evidence import attach_evidence, build_stage_input, remove_stage_input
-from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
+from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
 from loupe.pipeline.logs import LOG, RunProgress
 from loupe.pipeline.stage import StageOutput
@@ -160,7 +160,11 @@ def run_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
                 batch = attach_evidence(run, batch, sp.evidence)
             uids = batch["uid"].to_pylist()
             # per-row stages halve a batch that runs out of memory; a global stage must see everything
-            out = stage(batch) if sp.is_global else call_with_oom_split(stage, batch)
+            out = (
+                stage(batch)
+                if sp.is_global
+                else call_bounded(stage, batch, plan.max_batch_pixels, sp.stage_reads)
+            )
             r, d = _commit(plan, sp.id, sp.table, out, uids)
             rows, drops, splits = rows + r, drops + d, splits + out.metrics.pop(OOM_SPLITS, 0)
             merge_metrics(extra, out.metrics)  # per-batch counts add up to the stage's

@@ -143,3 +143,46 @@ def call_with_oom_split(stage: BatchStage, batch: pa.Table) -> StageOutput:
     )
     out.metrics[OOM_SPLITS] = out.metrics.get(OOM_SPLITS, 0) + 1
     return out
+
+
+#: metrics key counting batches split to stay under ``limits.max_batch_pixels``
+PIXEL_SPLITS = "pixel_splits"
+
+
+def pixel_chunks(batch: pa.Table, max_pixels: int) -> list[pa.Table]:
+    """Consecutive slices of ``batch`` whose decoded pixels (sum of width x height) stay under
+    ``max_pixels``; one row alone may be larger (the per-image budget bounds it). Without
+    ``width``/``height`` columns the batch is returned whole."""
+    if "width" not in batch.column_names or "height" not in batch.column_names or batch.num_rows <= 1:
+        return [batch]
+    px = [(w or 0) * (h or 0) for w, h in zip(batch["width"].to_pylist(), batch["height"].to_pylist())]
+    if sum(px) <= max_pixels:
+        return [batch]
+    chunks, start, acc = [], 0, 0
+    for i, p in enumerate(px):
+        if i > start and acc + p > max_pixels:
+            chunks.append(batch.slice(start, i - start))
+            start, acc = i, 0
+        acc += p
+    chunks.append(batch.slice(start))
+    return chunks
+
+
+def call_bounded(
+    stage: BatchStage, batch: pa.Table, max_pixels: int | None, keep: tuple[str, ...] = ()
+) -> StageOutput:
+    """:func:`call_with_oom_split` on slices of at most ``max_pixels`` decoded pixels each, so a batch
+    of huge images never decodes at once (``batch_size`` bounds rows, this bounds memory).
+
+    ``keep``: the columns the stage asked for; ``width``/``height`` added only for the split are
+    removed before the stage sees the batch."""
+    chunks = pixel_chunks(batch, max_pixels) if max_pixels else [batch]
+    if keep:
+        chunks = [
+            c.select([n for n in c.column_names if n in keep or n not in ("width", "height")]) for c in chunks
+        ]
+    if len(chunks) == 1:
+        return call_with_oom_split(stage, chunks[0])
+    out = merge_outputs([(call_with_oom_split(stage, c), c) for c in chunks])
+    out.metrics[PIXEL_SPLITS] = out.metrics.get(PIXEL_SPLITS, 0) + 1
+    return out

@@ -14,6 +14,7 @@ from pyarrow import ArrowException
 from rich.console import Console
 
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.images import set_pixel_budget
 from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_ids
 from loupe.pipeline.registry import STAGES, _load, source_class
 from loupe.pipeline.remote import RemoteRun, is_uri
@@ -30,6 +31,8 @@ class StagePlan:
     is_global: bool
     reads: tuple[str, ...]
     evidence: tuple[str, ...]
+    #: the columns the stage itself declared (``reads`` adds width/height to bound decoded pixels)
+    stage_reads: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,7 +65,13 @@ class Plan:
                 highlight=False,
             )
 
+    @property
+    def max_batch_pixels(self) -> int:
+        return self.loaded.recipe.limits.max_batch_pixels
+
     def context(self, stage_id: str) -> StageContext:
+        # every process that builds a stage (driver, Ray actor, Ray task) applies the recipe's budget
+        set_pixel_budget(self.loaded.recipe.limits.max_image_pixels)
         return StageContext(
             run=self.run, recipe_dir=self.loaded.dir, stage_name=stage_id, seed=self.loaded.recipe.seed
         )
@@ -108,7 +117,10 @@ def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None
                 cls=cls,
                 table=cls.table,
                 is_global=cls.is_global,
-                reads=tuple(dict.fromkeys(("uid", *cls.reads))),
+                reads=tuple(
+                    dict.fromkeys(("uid", *cls.reads, *(("width", "height") if "image" in cls.reads else ())))
+                ),
+                stage_reads=tuple(dict.fromkeys(("uid", *cls.reads))),
                 evidence=tuple(cls.evidence),
             )
         )

@@ -50,7 +50,7 @@ from rich.progress import Progress
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.evidence import build_stage_input, conform_evidence, remove_stage_input
 from loupe.pipeline.executors.local import _commit, _progress, _rate, finish_task, run_ingest, run_stage
-from loupe.pipeline.executors.oom import OOM_SPLITS, call_with_oom_split, merge_metrics
+from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
 from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
 
@@ -208,7 +208,7 @@ class StageWorker:
             # evidence was joined once for the whole stage (build_stage_input): it is in the batch
             batch = conform_evidence(batch, self.sp.evidence)
             uids = batch["uid"].to_pylist()
-            out = call_with_oom_split(self.stage, batch)
+            out = call_bounded(self.stage, batch, self.plan.max_batch_pixels, self.sp.stage_reads)
             splits = out.metrics.pop(OOM_SPLITS, 0)
             metrics = out.metrics
             rows, drops = _commit(self.plan, self.sp.id, self.sp.table, out, uids)

@@ -10,6 +10,11 @@ That re-import is also how the SSRF guard reaches the download processes: when `
 the module's top level installs :class:`loupe.pipeline.ingest.ssrf.GuardHandler` as the global
 urllib opener, in this process and in every spawned child, so redirect hops are checked too.
 A crash here (even a segfault in an image codec) cannot take the ``loupe`` process with it.
+
+The other way round, a killed ``loupe`` (even ``kill -9``) takes its downloads with it: the same
+top-level code asks Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``), in
+the worker (parent: ``loupe``) and in each spawned download process (parent: the worker), so no
+orphan keeps downloading into a run dir that the next run is about to clean.
 """
 
 from __future__ import annotations
@@ -19,6 +24,29 @@ import os
 import sys
 
 GUARD_ENV = "LOUPE_SSRF_GUARD"
+#: pid of the process expected to be our parent: ``loupe`` for the worker, the worker for its children
+PARENT_ENV = "LOUPE_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent exits (Linux); exit now if the parent is already gone."""
+    expected = os.environ.get(PARENT_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != expected:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+die_with_parent()
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -38,6 +66,7 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[1]) as f:
         kwargs = json.load(f)
+    os.environ[PARENT_ENV] = str(os.getpid())  # spawned download processes die with this one
     import img2dataset
 
     img2dataset.download(**kwargs)

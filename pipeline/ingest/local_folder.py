@@ -50,9 +50,7 @@ class LocalFolder(Source):
             try:
                 img = decode(data)
             except DecodeError as e:
-                drops.append(
-                    {"uid": uid, "stage": "ingest", "reason": "decode_error", "detail": f"{rel}: {e}"}
-                )
+                drops.append({"uid": uid, "stage": "ingest", "reason": e.reason, "detail": f"{rel}: {e}"})
             else:
                 side = path.with_suffix(self.config.alt_text_ext)
                 alt = side.read_text(errors="replace").strip() if side.is_file() else None

@@ -11,22 +11,32 @@ The img2dataset worker (:mod:`loupe.pipeline.ingest.img2dataset_worker`) install
 redirect chain is checked again and a public URL that redirects to a private one fails with an
 ``ssrf_refused`` error message.
 
-Limits (documented, not solved here): the guard resolves the host, then urllib resolves it again
-to connect, so a DNS-rebinding host that answers differently to the two lookups can still reach a
-private address; only network-level egress rules (a proxy or firewall that refuses private ranges)
-close that gap.
+The host is judged the way urllib will connect to it (:func:`connect_host`): urllib's ``Request``
+percent-decodes the host (``http://%31%32%37.0.0.1/`` connects to 127.0.0.1), Python's socket layer
+IDNA-encodes a Unicode host (fullwidth ``ｌｏｃａｌｈｏｓｔ`` becomes ``localhost``), and the resolver
+accepts numeric spellings (``2130706433``, ``0x7f.1``); the guard applies the same three steps, then
+checks **every** resolved address, including IPv4 embedded in IPv6 (IPv4-mapped ``::ffff:a.b.c.d``,
+IPv4-compatible ``::a.b.c.d``, 6to4 ``2002::/16``, Teredo, NAT64 ``64:ff9b::/96`` and
+``64:ff9b:1::/48``). A host that cannot be decoded or resolved inside the download process is
+refused, not passed on. Then, because a DNS-rebinding host may answer the connect-time lookup
+differently, the guarded opener also checks the address each connection actually reached
+(``getpeername``) before a byte of the request is sent (:class:`GuardedHTTPConnection`).
+
+What remains (documented in docs/reliability.md): an HTTP proxy configured in the environment is
+the peer the check sees; egress rules at the network level are still the complete answer.
 """
 
 from __future__ import annotations
 
 import functools
+import http.client
 import ipaddress
 import socket
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.error import URLError
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 #: cloud metadata endpoints named explicitly (both are also non-global ranges, checked anyway):
 #: AWS/GCP/Azure 169.254.169.254, AWS IPv6 IMDS fd00:ec2::254, Alibaba 100.100.100.200
@@ -35,11 +45,33 @@ SCHEMES = ("http", "https")
 REFUSED = "ssrf_refused"
 
 
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_V4COMPAT = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, 6to4, Teredo client, NAT64)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in net for net in NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _V4COMPAT and int(ip) > 1:  # ::a.b.c.d (not :: or ::1, judged as IPv6 below)
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def address_refusal(addr: str) -> str | None:
     """Why an IP address may not be fetched, or None when it is a public unicast address."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        v4 = embedded_ipv4(ip)
+        if v4 is not None:
+            why = address_refusal(str(v4))
+            return f"{why} embedded in {ip}" if why else None
     if ip in METADATA:
         return "cloud metadata address"
     for kind in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
@@ -66,6 +98,28 @@ def prefetch(hosts: Iterable[str], workers: int = 32) -> None:
         list(pool.map(lookup, set(hosts)))
 
 
+def connect_host(url: str) -> str:
+    """The host name urllib will connect to for ``url``: percent-decoded (``urllib.request.Request``
+    unquotes the host), lower-cased, IDNA-encoded as the socket layer does. Raises ValueError when
+    the URL or its host cannot be parsed or encoded."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return ""
+    host = unquote(host, errors="strict").strip().lower()
+    if not host or any(c in host for c in "/\\@ \t\r\n\x00"):
+        raise ValueError(f"host {host!r} is not a host name")
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return host
+    except ValueError:
+        pass
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise ValueError(f"host {host!r} is not a valid (IDNA) name: {e}") from None
+
+
 def url_refusal(url: str) -> tuple[str, str] | None:
     """``(reason, detail)`` when ``url`` must not be fetched, else None.
 
@@ -75,18 +129,19 @@ def url_refusal(url: str) -> tuple[str, str] | None:
     """
     try:
         parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as e:
+        host = connect_host(url)
+    except (ValueError, UnicodeError) as e:
         return "invalid_url", f"{url!r}: {e}"
     if parts.scheme.lower() not in SCHEMES or not host:
         return "invalid_url", f"{url!r}: need an http(s) URL with a host"
     addrs = lookup(host)
     if isinstance(addrs, str):
         return "dns_error", f"{host}: {addrs}"
+    shown = host if host == parts.hostname else f"{parts.hostname} (= {host})"
     for addr in addrs:
         why = address_refusal(addr)
         if why:
-            return REFUSED, f"{host} resolves to {addr} ({why}); set allow_private_urls: true to allow"
+            return REFUSED, f"{shown} resolves to {addr} ({why}); set allow_private_urls: true to allow"
     return None
 
 
@@ -100,10 +155,11 @@ class GuardHandler(urllib.request.BaseHandler):
 
     def _check(self, req: urllib.request.Request) -> urllib.request.Request:
         verdict = self.refuse(req.full_url)
-        # an unresolvable host is left to urllib (it reports its own error); a redirect to ftp://
-        # (urllib follows http -> ftp) is refused like a private host
-        if verdict is not None and verdict[0] != "dns_error":
-            raise URLError(f"{REFUSED}: {verdict[1]}")
+        # every refusal stops the request: a private address, a redirect to ftp:// (urllib follows
+        # http -> ftp), and a host that does not decode or resolve here (never passed on unjudged)
+        if verdict is not None:
+            kind = "dns_error" if verdict[0] == "dns_error" else REFUSED
+            raise URLError(f"{kind}: {verdict[1]}")
         return req
 
     http_request = _check
@@ -111,6 +167,54 @@ class GuardHandler(urllib.request.BaseHandler):
     ftp_request = _check
 
 
+def _guarded_create_connection(check: Callable[[str], str | None]):
+    def create(address, *args, **kwargs):
+        sock = socket.create_connection(address, *args, **kwargs)
+        peer = sock.getpeername()[0]
+        why = check(peer)
+        if why:
+            sock.close()
+            raise URLError(f"{REFUSED}: {address[0]} connected to {peer} ({why}); nothing was sent")
+        return sock
+
+    return create
+
+
+class GuardedHTTPConnection(http.client.HTTPConnection):
+    """Checks the address the socket actually reached before the request is written (DNS rebinding)."""
+
+    peer_check: Callable[[str], str | None] = staticmethod(address_refusal)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_create_connection(self.peer_check)
+
+
+class GuardedHTTPSConnection(http.client.HTTPSConnection):
+    peer_check: Callable[[str], str | None] = staticmethod(address_refusal)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _guarded_create_connection(self.peer_check)
+
+
+class GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(GuardedHTTPConnection, req)
+
+
+class GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(GuardedHTTPSConnection, req, context=self._context)
+
+
+def guarded_opener(
+    refuse: Callable[[str], tuple[str, str] | None] = url_refusal,
+) -> urllib.request.OpenerDirector:
+    """An opener that judges every request's URL (redirect hops included) and every connection's peer."""
+    return urllib.request.build_opener(GuardHandler(refuse), GuardedHTTPHandler, GuardedHTTPSHandler)
+
+
 def install_guard(refuse: Callable[[str], tuple[str, str] | None] = url_refusal) -> None:
     """Make ``urllib.request.urlopen`` (what img2dataset calls) check every request in this process."""
-    urllib.request.install_opener(urllib.request.build_opener(GuardHandler(refuse)))
+    urllib.request.install_opener(guarded_opener(refuse))

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from loupe.pipeline.errors import LoupeError, ModelUnavailable, RecipeError
 from loupe.pipeline.images import DecodeError, decode
 from loupe.pipeline.ingest import ssrf
-from loupe.pipeline.ingest.img2dataset_worker import GUARD_ENV
+from loupe.pipeline.ingest.img2dataset_worker import GUARD_ENV, PARENT_ENV
 from loupe.pipeline.stage import Source, StageOutput
 from loupe.schemas.tables import SAMPLES, drops_table
 from loupe.schemas.uid import sha256_hex, url_uid
@@ -90,6 +90,8 @@ def failure_reason(status: str | None, message: str | None) -> str:
     low = msg.lower()
     if ssrf.REFUSED in msg:
         return ssrf.REFUSED
+    if msg.startswith("dns_error") or "<urlopen error dns_error" in msg:
+        return "dns_error"
     if "infinite loop" in low or "redirect" in low:
         return "redirect_error"
     m = re.search(r"HTTP Error (\d{3})", msg)
@@ -272,6 +274,12 @@ class UrlList(Source):
                 "installed; pip install 'loupe[ingest]'"
             )
         scratch = self.scratch_dir()
+        run = self.ctx.run
+        if run is not None and not scratch.resolve().is_relative_to(run.path.resolve()):
+            # source names are validated (one folder name), so this is a last line of defence:
+            # never delete anything outside the run dir
+            raise RecipeError(f"source {self.name!r}: scratch folder {scratch} is outside the run dir")
+        stop_previous_worker(scratch)  # a worker of a killed run must not write into what we clean
         shutil.rmtree(scratch, ignore_errors=True)  # leftovers of a killed run: its URLs are redone
         scratch.mkdir(parents=True)
         out = scratch / "out"
@@ -284,6 +292,7 @@ class UrlList(Source):
         )
         env = dict(os.environ, WANDB_MODE="disabled", NO_ALBUMENTATIONS_UPDATE="1")
         env[GUARD_ENV] = "0" if cfg.allow_private_urls else "1"
+        env[PARENT_ENV] = str(os.getpid())
         log_path = scratch / "img2dataset.log"
         expected = set(uids)
         reported: set[str] = set()
@@ -296,6 +305,7 @@ class UrlList(Source):
                 env=env,
                 start_new_session=True,  # its own process group: stopping it stops its workers too
             )
+            (scratch / WORKER_PID).write_text(str(proc.pid))
             try:
                 while True:
                     rc = proc.poll()  # read before scanning: after exit, one last scan sees every shard
@@ -363,7 +373,7 @@ class UrlList(Source):
         try:
             img = decode(data)
         except DecodeError as e:
-            return None, self._drop(uid, "decode_error", f"{url}: {e}")
+            return None, self._drop(uid, e.reason, f"{url}: {e}")
         cfg = self.config
         if cfg.resize_mode == "no" and min(img.width, img.height) < cfg.min_image_size:
             return None, self._drop(
@@ -391,6 +401,36 @@ class UrlList(Source):
             "conversations": None,
             "meta": json.dumps(meta),
         }, None
+
+
+WORKER_PID = "worker.pid"
+
+
+def stop_previous_worker(scratch: Path, grace: float = 10.0) -> bool:
+    """Stop the img2dataset worker a killed run left in ``scratch`` (its process group), if alive.
+
+    Workers die with their parent (``PR_SET_PDEATHSIG``), so this is the fallback for platforms or
+    races where that did not happen. Returns True when a live worker was stopped."""
+    try:
+        pid = int((scratch / WORKER_PID).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    if b"img2dataset_worker" not in cmdline:
+        return False  # the pid was reused by an unrelated process
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        t0 = time.time()
+        while time.time() - t0 < wait:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+    return True
 
 
 def _host(url: str) -> str:

@@ -29,6 +29,23 @@ from loupe.pipeline.rundir import TMP_PREFIX, RunDir
 __all__ = ["build_report"]
 
 
+#: marks a folder `loupe report` created: only such a folder (or the run's own report/) is rebuilt
+MARKER = ".loupe-report"
+
+
+def _check_output(run: RunDir, out: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder Loupe did not write (a rebuild deletes
+    its thumbs/, overlays/ and sprites/ subfolders, so they must be ours)."""
+    if out.exists() and not out.is_dir():
+        raise LoupeError(f"--output: {out} is a file; name a folder for the report")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        if out.resolve() != (run.path / "report").resolve():
+            raise LoupeError(
+                f"--output: {out} is a non-empty folder that `loupe report` did not create; name a new "
+                "or empty folder (Loupe never replaces files it did not write)"
+            )
+
+
 def _gallery_uids(d: ReportData) -> set[str]:
     """uids shown as separate thumbnail files (everything except the samples table)."""
     uids: set[str] = set()
@@ -96,7 +113,11 @@ def build_report(run: RunDir | str | Path, output: str | Path | None = None, max
     if not run.manifest_path.exists():
         raise LoupeError(f"{str(run.path)!r} is not a run directory (no manifest.json)")
     out = report_path(run, output)
+    _check_output(run, out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(
+        "written by loupe report; its thumbs/, overlays/, sprites/ are replaced on rebuild\n"
+    )
     con = connect(run)
     try:
         d = read_report_data(con, run, max_samples=max_samples)

@@ -2,7 +2,8 @@
 
 Serves generated images (crops of scikit-image's bundled photos, JPEG and PNG) plus bad URLs:
 ``/404``, ``/notimage`` (an HTML body), ``/truncated.jpg`` (half a JPEG), ``/loop`` (redirects
-to itself), ``/flaky/<name>`` (503 while ``server.failing`` is true), ``/redirect?to=<url>``.
+to itself), ``/flaky/<name>`` (503 while ``server.failing`` is true), ``/redirect?to=<url>``,
+``/slow/<name>`` (answers after ``server.delay`` seconds).
 Every request's path is appended to ``server.log``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +53,7 @@ def closed_port() -> int:
 class ImageServer:
     images: dict[str, bytes]
     failing: bool = False
+    delay: float = 0.0
     log: list[str] = field(default_factory=list)
     _httpd: ThreadingHTTPServer | None = None
 
@@ -95,6 +98,9 @@ class ImageServer:
                         self._send(503, b"try later")
                     else:
                         self._send(200, server.images[name], "image/png")
+                elif path.startswith("/slow/") and name in server.images:
+                    time.sleep(server.delay)
+                    self._send(200, server.images[name], "image/png")
                 elif path == "/notimage":
                     self._send(200, b"<html><body>not an image</body></html>", "text/html")
                 elif path == "/truncated.jpg":

@@ -509,14 +509,17 @@ class Recipe(Strict):
     @field_validator("stages")
     @classmethod
     def _no_repeats(cls, v: list) -> list:
+        # A stage may appear twice with different settings (DenseFusion runs a closed-set and an
+        # open-set detector); the same settings twice would write every row twice.
         first: dict[str, int] = {}
         for i, st in enumerate(v):
-            if st.stage in first:
+            key = repr(st.model_dump(exclude={"batch_size", "resources"}))
+            if key in first:
                 raise ValueError(
-                    f"stages[{i}] repeats stage {st.stage!r} (first at stages[{first[st.stage]}]); each "
-                    "stage may appear once: its outputs and resume records are keyed by the stage name"
+                    f"stages[{i}] repeats stages[{first[key]}] ({st.stage!r} with the same settings); "
+                    "a repeated stage must differ, e.g. in backend or model"
                 )
-            first[st.stage] = i
+            first[key] = i
         return v
 
     @field_validator("sources")

@@ -121,9 +121,10 @@ def test_lineage_hash_stable_and_sensitive(tmp_path):
 
 
 def test_repeated_stage_is_an_error(tmp_path):
-    msg = _error(tmp_path, GOOD + "  - stage: ocr\n")
-    assert "stages[2] repeats stage 'ocr' (first at stages[1])" in msg, msg
-    assert stage_ids(_load(tmp_path, GOOD).recipe) == ["exact_dedup", "ocr"]
+    msg = _error(tmp_path, GOOD + "  - stage: ocr\n    min_score: 0.6\n")
+    assert "stages[2] repeats stages[1] ('ocr' with the same settings)" in msg, msg
+    # a repeat with other settings is a second stage (DenseFusion: closed- and open-set detection)
+    assert stage_ids(_load(tmp_path, GOOD + "  - stage: ocr\n").recipe) == ["exact_dedup", "ocr", "ocr_2"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)

@@ -36,7 +36,7 @@ RECIPE_ERRORS = {
     ),
     "repeated stage": (
         "name: a\nsources: [{type: local_folder, path: images}]\nstages: [{stage: exact_dedup}, {stage: exact_dedup}]\n",
-        "repeats stage 'exact_dedup'",
+        "repeats stages[0] ('exact_dedup' with the same settings)",
     ),
     "no extensions": (
         "name: a\nsources: [{type: local_folder, path: images, extensions: []}]\n",

@@ -57,6 +57,13 @@ TOKEN = re.compile(r"<\|[a-z_]+\|>|\w+|[^\w\s]")
 def image_ext(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
+    if data[4:8] == b"ftyp":  # ISO BMFF: major brand, then compatible brands up to the box size
+        size = int.from_bytes(data[:4], "big")
+        brands = {data[i : i + 4] for i in range(8, min(max(size, 16), 64), 4)}
+        if brands & {b"avif", b"avis"}:
+            return ".avif"
+        if brands & {b"heic", b"heix", b"heim", b"heis", b"mif1"}:
+            return ".heic"
     for magic, ext in MAGIC:
         if data.startswith(magic):
             return ext

@@ -8,6 +8,7 @@ row (``source_changed`` / ``source_missing``) on the next run, so they are never
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from loupe.schemas.tables import SAMPLES, drops_table
 from loupe.schemas.uid import local_uid, sha256_hex
 
 BATCH = 64
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates (surrogateescape)
+        return False
 
 
 class LocalFolder(Source):
@@ -43,6 +52,18 @@ class LocalFolder(Source):
             rel = path.relative_to(root).as_posix()
             data = path.read_bytes()
             digest = sha256_hex(data)
+            if not _utf8(rel):
+                # a file name that is not valid UTF-8 (Linux allows any bytes) cannot be stored as
+                # text: the sample is dropped, its detail shows the bytes escaped
+                rel = os.fsencode(rel).decode("utf-8", errors="backslashreplace")
+                uid = local_uid(self.name, rel, digest)
+                seen[uid] = rel
+                if uid not in skip:
+                    detail = f"{rel}: the file name is not valid UTF-8; rename the file"
+                    drops.append(
+                        {"uid": uid, "stage": "ingest", "reason": "invalid_file_name", "detail": detail}
+                    )
+                continue
             uid = local_uid(self.name, rel, digest)
             seen[uid] = rel
             if uid in skip:

@@ -171,14 +171,21 @@ class UrlList(Source):
                     f"source {self.name!r}: {f.name} has no column {missing[0]!r} (url_col / caption_col / "
                     f"save_additional_columns); its columns: {', '.join(t.column_names)}"
                 )
-            cols = {"url": pc.cast(t[cfg.url_col], pa.string())}
+            url, bad = _text_column(t[cfg.url_col], strict=True)
+            cols = {"url": url}
             cols["caption"] = (
-                pc.cast(t[cfg.caption_col], pa.string())
-                if cfg.caption_col
-                else pa.nulls(t.num_rows, pa.string())
+                _text_column(t[cfg.caption_col])[0] if cfg.caption_col else pa.nulls(t.num_rows, pa.string())
             )
             for c in extras:
-                cols[c] = pc.cast(t[c], pa.string()) if not pa.types.is_string(t[c].type) else t[c]
+                cols[c] = _text_column(t[c])[0]
+            # a URL that is not UTF-8 text becomes an invalid_url drop naming the file and row
+            cols["url_error"] = pa.array(
+                [
+                    f"{f.name} row {i}: {cfg.url_col!r} is not UTF-8 text" if i in bad else None
+                    for i in range(t.num_rows)
+                ],
+                pa.string(),
+            )
             parts.append(pa.table(cols))
         return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
 
@@ -202,7 +209,13 @@ class UrlList(Source):
         urls = table["url"].to_pylist()
         drops: list[dict] = []
         index: dict[str, int] = {}  # uid -> row index, first listing wins
+        url_errors = table["url_error"].to_pylist()
         for i, url in enumerate(urls):
+            if url_errors[i]:
+                uid = url_uid(self.name, f"<{url_errors[i]}>")
+                if uid not in skip:
+                    drops.append(self._drop(uid, "invalid_url", url_errors[i]))
+                continue
             if not url or not url.strip():
                 uid = url_uid(self.name, f"<row {i}: empty url>")
                 if uid not in skip:
@@ -224,7 +237,8 @@ class UrlList(Source):
         for k in range(0, len(drops), BATCH):
             yield StageOutput(drops=drops_table(drops[k : k + BATCH]))
         if fetch:
-            yield from self._download(table.take(pa.array(sorted(fetch.values()), pa.int64())), retry)
+            rows = pa.array(sorted(fetch.values()), pa.int64())
+            yield from self._download(table.drop_columns(["url_error"]).take(rows), retry)
 
     def _drop(self, uid: str, reason: str, detail: str | None) -> dict:
         return {"uid": uid, "stage": "ingest", "reason": reason, "detail": detail}
@@ -431,6 +445,31 @@ def stop_previous_worker(scratch: Path, grace: float = 10.0) -> bool:
                 return True
             time.sleep(0.05)
     return True
+
+
+def _text_column(col: pa.ChunkedArray, strict: bool = False) -> tuple[pa.Array, set[int]]:
+    """A string column from any column; binary values (pyarrow reads non-UTF-8 CSV as binary) are
+    decoded as UTF-8: with ``strict`` an invalid value becomes null and its row index is returned,
+    otherwise invalid bytes are replaced (U+FFFD)."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col.combine_chunks().cast(pa.string()), set()
+    if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        return pc.cast(col, pa.string()).combine_chunks(), set()
+    out: list[str | None] = []
+    bad: set[int] = set()
+    for i, v in enumerate(col.to_pylist()):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(v.decode("utf-8"))
+        except UnicodeDecodeError:
+            if strict:
+                bad.add(i)
+                out.append(None)
+            else:
+                out.append(v.decode("utf-8", errors="replace"))
+    return pa.array(out, pa.string()), bad
 
 
 def _host(url: str) -> str:

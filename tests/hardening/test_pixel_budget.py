@@ -133,3 +133,12 @@ def test_decode_error_details_are_stable():
             decode(b"definitely not an image")
         msgs.add(str(e.value))
     assert len(msgs) == 1 and "0x" not in msgs.pop()
+
+
+def test_avif_exports_as_avif():
+    from loupe.pipeline.export.stage import image_ext
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (1, 2, 3)).save(buf, format="AVIF")
+    assert image_ext(buf.getvalue()) == ".avif"
+    assert decode(buf.getvalue()).size == (32, 24)

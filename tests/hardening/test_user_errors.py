@@ -122,3 +122,43 @@ def test_full_disk_during_commit_names_the_path(tmp_path, monkeypatch):
         run.commit("f", None, None, drops_table([{"uid": "x", "stage": "f", "reason": "r"}]), ["x"])
     assert str(run.path / "drops") in str(e.value)
     assert not [p for p in run.path.rglob("*") if p.is_file()]  # no temp file left behind
+
+
+def test_non_utf8_url_list_rows_become_drops_naming_file_and_row(tmp_path):
+    from loupe.pipeline.ingest.url_list import UrlList
+    from loupe.pipeline.stage import StageContext
+    from loupe.schemas.recipe import UrlListSource
+
+    (tmp_path / "u.csv").write_bytes(
+        b"url,caption\nhttp://10.0.0.1/a.jpg,ok\nhttp://10.0.0.2/\xff\xfe.jpg,caf\xe9\n"
+    )
+    cfg = UrlListSource(type="url_list", name="web", path="u.csv", input_format="csv")
+    src = UrlList(cfg, StageContext(run=None, recipe_dir=tmp_path, stage_name="ingest"))
+    drops = [d for o in src.read(set()) for d in o.drops.to_pylist()]
+    by_reason = {d["reason"]: d["detail"] for d in drops}
+    assert by_reason["invalid_url"] == "u.csv row 1: 'url' is not UTF-8 text"
+    assert "10.0.0.1" in by_reason["ssrf_refused"]  # the valid row is judged as usual
+
+
+def test_non_utf8_file_name_becomes_a_drop_row(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from .common import run_recipe
+
+    recipe = fast_recipe(
+        tmp_path, "name: n\noutput: runs\nsources:\n  - {type: local_folder, name: d, path: imgs}\n"
+    )
+    (tmp_path / "imgs").mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(buf, format="PNG")
+    (tmp_path / "imgs" / "good.png").write_bytes(buf.getvalue())
+    with open(os.path.join(os.fsencode(tmp_path / "imgs"), b"caf\xe9.png"), "wb") as f:
+        f.write(buf.getvalue())
+    plan = run_recipe(recipe)
+    drops = plan.run.read_table("drops").to_pylist()
+    assert [(d["reason"], d["detail"]) for d in drops] == [
+        ("invalid_file_name", "caf\\xe9.png: the file name is not valid UTF-8; rename the file")
+    ]
+    assert plan.run.read_table("samples")["source_id"].to_pylist() == ["good.png"]

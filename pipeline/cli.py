@@ -184,6 +184,11 @@ def run(
             )
         else:
             raise LoupeError(f"--executor: {kind!r} is not an executor; valid: local, ray")
+        from loupe.pipeline.run_readme import describe_run
+
+        describe_run(plan.run)  # README.md + live.parquet: the run dir explains itself
+        if plan.remote is not None:
+            plan.on_stage_done("readme")  # upload them too (a failure warns)
     except LoupeError as e:
         if log is not None:  # without a handler, logging's last resort would print it a second time
             LOG.error("%s", e)

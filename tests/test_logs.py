@@ -146,3 +146,41 @@ def test_set_result_is_validated_like_the_file(tmp_path):
         [*CLI, "validate", str(p), "--set", "stages.ocr.backend=tesseract"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "stages[1].backend" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_dir_explains_itself(tmp_path, demo_images):
+    """README.md names every table and the live set; live.parquet equals the `live` view."""
+    import pyarrow.parquet as pq
+
+    from loupe.pipeline.query import query
+    from loupe.pipeline.rundir import RunDir
+
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        f"name: rd\noutput: {tmp_path / 'runs'}\nsources: [{{type: local_folder, path: {demo_images}}}]\n"
+        "stages: [{stage: exact_dedup}]\n"
+    )
+    r = subprocess.run([*CLI, "run", str(p), "-q", "--limit", "12"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = (tmp_path / "runs" / "rd").iterdir()
+    readme = (run_dir / "README.md").read_text()
+    for needle in (
+        "| `samples` | `samples/` | 12 |",
+        "| `drops` | `drops/` |",
+        "## Reading `live` without Loupe",
+        "WHERE uid NOT IN (SELECT uid FROM read_parquet('drops/*.parquet') WHERE stage <> 'ingest')",
+    ):
+        assert needle in readme, needle
+    live = pq.read_table(run_dir / "live.parquet")
+    view = query(RunDir(run_dir), "SELECT uid FROM live").column("uid").to_pylist()
+    assert sorted(live["uid"].to_pylist()) == sorted(view) and 0 < live.num_rows < 12
+    assert "image" not in live.column_names
+    # the README's own duckdb recipe, run from inside the run dir, gives the same set
+    import duckdb
+
+    con = duckdb.connect()
+    got = con.sql(
+        f"SELECT uid FROM read_parquet('{run_dir}/samples/*.parquet') WHERE uid NOT IN "
+        f"(SELECT uid FROM read_parquet('{run_dir}/drops/*.parquet') WHERE stage <> 'ingest')"
+    ).fetchall()
+    assert sorted(u for (u,) in got) == sorted(view)

@@ -353,7 +353,9 @@ def schema(
 
 @app.command()
 def report(
-    run_dir: str = typer.Argument(..., help="Run dir or runs/<recipe> for the newest."),
+    run_dir: str = typer.Argument(
+        ..., help="Run dir, runs/<recipe> for the newest, or a `loupe train` output folder."
+    ),
     output: Optional[Path] = typer.Option(
         None,
         help="Folder for index.html (default <run>/report). It must be new, empty, or a folder an "
@@ -361,13 +363,18 @@ def report(
     ),
     max_samples: int = typer.Option(5000, help="Rows (and thumbnails) in the searchable samples table."),
 ) -> None:
-    """Write a self-contained HTML report of a run (report/index.html)."""
+    """Write a self-contained HTML report of a run or of a training output (report/index.html)."""
     try:
-        from loupe.pipeline.report import build_report
+        from loupe.pipeline.report.train import build_train_report, is_train_output
 
         if max_samples < 0:
             raise LoupeError(f"--max-samples: {max_samples} must be >= 0")
-        path = build_report(_resolve_run(run_dir), output, max_samples=max_samples)
+        if is_train_output(run_dir):
+            path = build_train_report(run_dir, output)
+        else:
+            from loupe.pipeline.report import build_report
+
+            path = build_report(_resolve_run(run_dir), output, max_samples=max_samples)
     except LoupeError as e:
         _fail(e)
     out.print(f"report: {path}")

@@ -119,6 +119,12 @@ def test_trains_on_demo_export_checkpoints_and_resumes_exactly(demo_runs, tmp_pa
         gen = bundle.model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
     assert isinstance(bundle.decode(gen, inputs), str) and gen.shape[1] == inputs["input_ids"].shape[1] + 2
 
+    # `loupe report` on a training output: summary, embedded loss plot, config
+    r = runner.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "index.html").read_text()
+    assert "Loupe training · tiny_llava" in page and "data:image/png;base64," in page and "llama3" in page
+
 
 @pytest.mark.slow
 def test_bad_records_are_skipped_and_counted(tmp_path, demo_runs):

@@ -100,6 +100,11 @@ class DataConfig(Strict):
     )
     min_box_score: float = Field(0.2, ge=0, le=1, description="Boxes below this detect score are ignored.")
     limit: int | None = Field(None, ge=1, description="Use only the first N samples (smoke runs).")
+    verify_images: bool = Field(
+        True,
+        description="Decode every image once before training so a truncated or corrupt file is skipped "
+        "and counted instead of failing a step (off: only headers are read; faster on huge sets).",
+    )
 
 
 class TrainArgs(Strict):

@@ -206,6 +206,7 @@ def read_samples(
     image_root: str | Path | None = None,
     limit: int | None = None,
     plain: bool = False,
+    verify_images: bool = True,
 ) -> SampleSet:
     """Every usable sample of an export; skipped records counted by reason in ``.skipped``.
 
@@ -234,6 +235,8 @@ def read_samples(
             try:
                 with Image.open(img) as im:
                     size = im.size
+                    if verify_images:
+                        im.load()  # a truncated file fails here, not in the middle of training
             except FileNotFoundError:
                 out.skip("missing image", f"{where}: {img} does not exist")
                 continue

@@ -168,12 +168,21 @@ def _trainer_class():
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             model = self.accelerator.unwrap_model(model or self.model)
-            if isinstance(model, PreTrainedModel) and not self.is_fsdp_enabled:
-                dtype = next(model.parameters()).dtype
-                saved = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
+            if self.is_fsdp_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            ckpt = Path(resume_from_checkpoint)
+            if (ckpt / "model.safetensors").exists():  # a plain state dict (non-HF model) loads as is
+                from safetensors.torch import load_file
+
+                sd = load_file(str(ckpt / "model.safetensors"))
+                if set(sd) == set(model.state_dict()):
+                    model.load_state_dict(sd, strict=True)
+                    return
+            if isinstance(model, PreTrainedModel):
+                saved = type(model).from_pretrained(str(ckpt), dtype=next(model.parameters()).dtype)
                 model.load_state_dict(saved.state_dict(), strict=True)
                 return
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            raise RuntimeError(f"--resume: the weights in {ckpt} do not match the model being trained")
 
     return LoupeTrainer
 
@@ -208,6 +217,7 @@ def run_training(loaded: LoadedTrainConfig, resume: bool = False, console: Any =
             loaded.resolve(cfg.data.image_root) if cfg.data.image_root else None,
             cfg.data.limit,
             plain=template.name == "plain",
+            verify_images=cfg.data.verify_images,
         )
         use_boxes = cfg.data.boxes if cfg.data.boxes is not None else cfg.model.strategy == "mg_llava"
         if use_boxes:

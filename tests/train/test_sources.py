@@ -84,10 +84,14 @@ def test_parse_llama3_with_and_without_bos():
 def test_bad_records_are_counted_by_reason(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.effect_noise((64, 64), 50).convert("RGB").save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # header fine, pixels truncated
     lines = [
         {"image_url": "ok.png", "conversations": TURNS, "source": "s"},
         {"image_url": "gone.png", "conversations": TURNS, "source": "s"},
         {"image_url": "broken.png", "conversations": TURNS, "source": "s"},
+        {"image_url": "cut.jpg", "conversations": TURNS, "source": "s"},
         {"image_url": "ok.png", "conversations": [TURNS[0], {"from": "gpt", "value": ""}], "source": "s"},
         {"image_url": "ok.png", "conversations": [TURNS[1], TURNS[0]], "source": "s"},
         {"image_url": "https://x.org/a.png", "conversations": TURNS, "source": "s"},
@@ -99,13 +103,15 @@ def test_bad_records_are_counted_by_reason(tmp_path):
     assert len(ss.samples) == 1
     assert dict(ss.skipped) == {
         "missing image": 1,
-        "unreadable image": 1,
+        "unreadable image": 2,
         "empty turn": 1,
         "turns do not alternate human/gpt": 1,
         "remote image": 1,
         "not a conversation": 2,
     }
     assert ss.examples["missing image"].startswith("c.jsonl:2: ")
+    # headers only: the truncated JPEG passes the scan (it would fail when decoded in a step)
+    assert len(read_samples(f, verify_images=False).samples) == 2
 
 
 def test_locate_errors_name_the_field(tmp_path):

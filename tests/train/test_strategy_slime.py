@@ -137,3 +137,23 @@ def test_options_are_validated():
         build_strategy(tiny_model_config("slime", options={"top_p": 1.5}))
     with pytest.raises(ValueError, match="grid_rule"):
         build_strategy(tiny_model_config("slime", options={"grid_rule": "anyres"}))
+
+
+def test_generate_with_routed_out_slots_equals_the_short_sequence(tok):
+    torch.manual_seed(0)
+    s = build_strategy(tiny_model_config("slime", options={"top_p": 0.5}))
+    model = s.build_model(tok).eval()
+    batch = one_image_batch(tok, s, gradient_image((672, 336)))
+    prompt = {k: v for k, v in batch.items() if k != "labels"}
+    embeds, mask, _ = model.embed_inputs(**prompt)
+    assert 0 < int(mask.sum()) < mask.shape[1]
+    stay = mask[0].bool()
+    new = model.generate(**prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    ref = model.language_model.generate(
+        inputs_embeds=embeds[:, stay],
+        attention_mask=mask[:, stay],
+        max_new_tokens=4,
+        min_new_tokens=4,
+        do_sample=False,
+    )
+    assert new.shape == (1, 4) and torch.equal(new, ref)

@@ -70,13 +70,14 @@ class MultimodalLM(nn.Module):
                 prompt.append(~learned)
         return ImageContext(text=text, prompt=prompt, embed=self.language_model.get_input_embeddings())
 
-    def forward(
+    def embed_inputs(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **images: torch.Tensor,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(inputs_embeds with the images in, attention mask, position ids or None)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds = self.language_model.get_input_embeddings()(input_ids)
@@ -91,6 +92,25 @@ class MultimodalLM(nn.Module):
                     slots, torch.cat(keep).to(attention_mask.dtype)
                 )
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return embeds, attention_mask, position_ids
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **images: torch.Tensor,
+    ):
+        embeds, attention_mask, position_ids = self.embed_inputs(input_ids, attention_mask, labels, **images)
         return self.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels
         )
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        """The language model's ``generate`` on the prompt with its images (tensor keyword arguments are
+        the strategy's collate output; the rest go to ``generate``). Returns the new tokens only.
+        Routed-out slots stay masked; ``generate`` derives positions from the mask's cumulative sum."""
+        images = {k: kwargs.pop(k) for k in list(kwargs) if isinstance(kwargs[k], torch.Tensor)}
+        embeds, attention_mask, _ = self.embed_inputs(input_ids, attention_mask, None, **images)
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)

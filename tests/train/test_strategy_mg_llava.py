@@ -22,7 +22,7 @@ TINY_AUX = {"config": dict(num_channels=3, patch_size=4, hidden_sizes=[8, 16, 24
 
 
 def mg(**options):
-    return build_strategy(tiny_model_config("mg_llava", options={"aux": TINY_AUX, **options}))
+    return build_strategy(tiny_model_config("mg_llava", options={"aux": TINY_AUX} | options))
 
 
 @pytest.fixture(scope="module")
@@ -95,5 +95,7 @@ def test_one_step_lowers_loss_and_errors_name_options(tok):
     assert after < before
     with pytest.raises(ValueError, match="model.options.aux_size"):
         mg(aux_size=512).build_model(tok)
-    with pytest.raises(ValueError, match="model.options.aux"):
-        build_strategy(tiny_model_config("mg_llava")).build_model(tok)
+    with pytest.raises(ValueError, match="aux"):
+        build_strategy(tiny_model_config("mg_llava"))
+    with pytest.raises(ValueError, match="exactly one of path"):
+        mg(aux={"path": "x", "config": {}})

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torchvision.ops import roi_align
 
+from loupe.schemas.train import TowerConfig
 from loupe.train.strategies.base import (
     CLIP_MEAN,
     CLIP_STD,
@@ -219,11 +220,19 @@ class MGLlavaEncoder(nn.Module):
 
 class MGLlavaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    aux: dict[str, Any] | None = Field(
-        None,
-        description="High-res ConvNeXt tower: {path: <transformers ConvNext checkpoint>} or {config: "
-        "{ConvNextConfig kwargs}} (random init). Its last stage must give a CLIP-sized grid (768/32 = 24).",
+    aux: TowerConfig = Field(
+        description="High-res ConvNeXt tower (required): {path: <transformers ConvNext checkpoint>} or "
+        "{config: {ConvNextConfig kwargs}} (random init). Its last stage must give the CLIP grid "
+        "(aux_size / 32 = 24 for CLIP-L/14-336)."
     )
+
+    @field_validator("aux")
+    @classmethod
+    def _one_source(cls, v: TowerConfig) -> TowerConfig:
+        if (v.path is None) == (v.config is None):
+            raise ValueError("give exactly one of path (pretrained) or config (random init)")
+        return v
+
     aux_size: int = Field(768, ge=32, description="Input side of the ConvNeXt stream (image_size_aux).")
     roi_output_size: int = Field(7, ge=1, description="RoIAlign output side before mean pooling.")
     box_feature_levels: Literal["all", "last"] = Field(
@@ -274,13 +283,9 @@ class MGLlavaStrategy(Strategy):
         from transformers import ConvNextConfig, ConvNextModel
 
         aux = self.options.aux
-        if not aux or ("path" in aux) == ("config" in aux):
-            raise ValueError(
-                "model.options.aux: mg_llava needs a ConvNeXt tower, {path: ...} or {config: {...}}"
-            )
-        if "config" in aux:
-            return ConvNextModel(ConvNextConfig(**aux["config"]))
-        return ConvNextModel.from_pretrained(self.resolve(aux["path"]))
+        if aux.config is not None:
+            return ConvNextModel(ConvNextConfig(**aux.config))
+        return ConvNextModel.from_pretrained(self.resolve(aux.path))
 
     def build_model(self, tokenizer: Any) -> MultimodalLM:
         o = self.options

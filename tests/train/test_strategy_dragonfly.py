@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from strategy_helpers import gradient_image, one_image_batch, one_step
 
 from loupe.train.strategies import build_strategy
 from loupe.train.strategies.dragonfly import (
@@ -14,6 +13,8 @@ from loupe.train.strategies.dragonfly import (
     select_zoom_crops,
 )
 from loupe.train.tiny import tiny_model_config, tiny_tokenizer
+
+from .strategy_helpers import gradient_image, one_image_batch, one_step
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from strategy_helpers import gradient_image, one_image_batch, one_step
 
 from loupe.train.strategies import build_strategy
 from loupe.train.strategies.base import CLIP_MEAN, CLIP_STD
@@ -16,6 +15,8 @@ from loupe.train.strategies.mg_llava import (
     mg_llava_token_count,
 )
 from loupe.train.tiny import tiny_model_config, tiny_tokenizer
+
+from .strategy_helpers import gradient_image, one_image_batch, one_step
 
 # ConvNeXt geometry (stem 4, three 2× downsamples: stride 32) at toy widths: 768 / 32 = 24 = 336 / 14
 TINY_AUX = {"config": dict(num_channels=3, patch_size=4, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])}

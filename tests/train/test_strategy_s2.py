@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from strategy_helpers import gradient_image, one_image_batch, one_step
 
 from loupe.train.strategies import build_strategy
 from loupe.train.strategies.s2 import merge_chessboard, multiscale_forward, s2_token_count, split_chessboard
 from loupe.train.tiny import tiny_model_config, tiny_tokenizer
+
+from .strategy_helpers import gradient_image, one_image_batch, one_step
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from strategy_helpers import gradient_image, one_image_batch, one_step
 
 from loupe.train.strategies import build_strategy
 from loupe.train.strategies.slime import (
@@ -17,6 +16,8 @@ from loupe.train.strategies.slime import (
 )
 from loupe.train.strategies.tiles import select_best_resolution_uhd
 from loupe.train.tiny import tiny_model_config, tiny_tokenizer
+
+from .strategy_helpers import gradient_image, one_image_batch, one_step
 
 
 @pytest.fixture(scope="module")

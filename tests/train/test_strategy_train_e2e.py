@@ -1,5 +1,5 @@
 """`loupe train` with each multi-view strategy's tiny config on the demo export: a step, a saved model
-that loads back through the strategy, and the shipped configs validate."""
+that loads back through the strategy (test_train_config.py validates the configs)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ from loupe.pipeline.cli import app
 
 CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
 STRATEGIES = ["s2", "dragonfly", "slime", "mg_llava"]
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_tiny_configs_validate(name):
-    from loupe.train.config import load_train_config
-
-    cfg = load_train_config(CONFIGS / f"tiny_{name}.yaml").config
-    assert cfg.model.strategy == name
 
 
 @pytest.mark.slow

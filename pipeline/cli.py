@@ -70,6 +70,22 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _to_run_log(handlers, msg: str, exc_info: bool = False) -> None:
+    """Write an error to run.log only: the user sees it once, as the one-line ``error:`` on stderr."""
+    import logging
+
+    from loupe.pipeline.logs import LOG
+
+    if not handlers:
+        return
+    record = LOG.makeRecord(
+        LOG.name, logging.ERROR, __file__, 0, msg, None, sys.exc_info() if exc_info else None
+    )
+    for h in handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
 def _data_error(e: Exception, where: Path | None = None) -> LoupeError:
     """A disk or shard error met while running, as one line naming the file (or else the run dir)."""
     from loupe.pipeline.rundir import disk_error
@@ -190,8 +206,7 @@ def run(
         if plan.remote is not None:
             plan.on_stage_done("readme")  # upload them too (a failure warns)
     except LoupeError as e:
-        if log is not None:  # without a handler, logging's last resort would print it a second time
-            LOG.error("%s", e)
+        _to_run_log(log, str(e))  # stderr gets the one line from _fail, not a second copy
         _fail(e)
     except (OSError, ArrowException) as e:
         # a full or read-only disk, or a shard that went bad after it was verified: one line; the
@@ -199,7 +214,7 @@ def run(
         if log is not None:
             from loupe.pipeline.integrity import VERIFIED
 
-            LOG.exception("run failed: %s", type(e).__name__)
+            _to_run_log(log, f"run failed: {type(e).__name__}", exc_info=True)
             Path(plan.run.path, VERIFIED).unlink(missing_ok=True)
         _fail(_data_error(e, plan.run.path if log is not None else None))
     except BaseException as e:

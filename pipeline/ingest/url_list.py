@@ -439,12 +439,24 @@ def stop_previous_worker(scratch: Path, grace: float = 10.0) -> bool:
             return True
         t0 = time.time()
         while time.time() - t0 < wait:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
+            if not _group_alive(pid):
                 return True
             time.sleep(0.05)
     return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while some process of group ``pgid`` is running (zombies, awaiting their reaper, are not)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _text_column(col: pa.ChunkedArray, strict: bool = False) -> tuple[pa.Array, set[int]]:

@@ -44,8 +44,9 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     """Assert ``r`` failed the way a user error must: exit 2, one line, no traceback. Returns it."""
     err = r.stderr.strip()
     assert r.returncode == 2, (r.returncode, r.stdout[-2000:], err[-3000:])
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
+    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]  # preflight may warn first
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
 
 
 def export_files(run_dir: Path) -> dict[str, bytes]:

@@ -72,9 +72,20 @@ RECIPE_ERRORS = {
 
 @pytest.mark.parametrize("case", sorted(RECIPE_ERRORS))
 def test_recipe_errors_caught_by_validate(tmp_path, case):
+    from loupe.pipeline.errors import RecipeError
+    from loupe.pipeline.recipe import load_recipe
+
     text, expect = RECIPE_ERRORS[case]
     recipe = fast_recipe(tmp_path, text)
-    assert expect in one_line_error(cli("validate", str(recipe)))
+    with pytest.raises(RecipeError) as e:  # what `loupe validate` prints after "error: "
+        load_recipe(recipe)
+    msg = str(e.value)
+    assert expect in msg and len(msg.splitlines()) == 1, msg
+
+
+def test_recipe_error_through_the_cli(tmp_path):
+    recipe = fast_recipe(tmp_path, RECIPE_ERRORS["epsilons"][0])
+    assert "epsilons[1]" in one_line_error(cli("validate", str(recipe)))
 
 
 def test_non_utf8_recipe(tmp_path):

@@ -52,7 +52,7 @@ def test_kill_9_of_loupe_stops_its_downloads_and_resume_is_exact(tmp_path):
         pq.write_table(pa.table({"url": urls, "caption": ["c"] * len(urls)}), tmp_path / "u.parquet")
         (tmp_path / "r.yaml").write_text(
             "name: kids\noutput: runs\nsources:\n  - type: url_list\n    name: web\n    path: u.parquet\n"
-            "    allow_private_urls: true\n    processes_count: 2\n    thread_count: 2\n    timeout: 120\n"
+            "    allow_private_urls: true\n    processes_count: 1\n    thread_count: 2\n    timeout: 120\n"
         )
         loupe = subprocess.Popen(
             [sys.executable, "-m", "loupe.pipeline.cli", "run", str(tmp_path / "r.yaml"), "-q"],
@@ -90,3 +90,20 @@ def test_kill_9_of_loupe_stops_its_downloads_and_resume_is_exact(tmp_path):
     finally:
         srv.stop()
         os.environ.pop("LOUPE_PARENT_PID", None)
+
+
+def test_resume_stops_a_worker_left_alive(tmp_path):
+    from loupe.pipeline.ingest.url_list import WORKER_PID, stop_previous_worker
+
+    # a stand-in for an orphaned worker: its own process group, "img2dataset_worker" on its command line
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "loupe.pipeline.ingest.img2dataset_worker"],
+        start_new_session=True,
+    )
+    (tmp_path / WORKER_PID).write_text(str(orphan.pid))
+    t0 = time.time()
+    assert stop_previous_worker(tmp_path, grace=5)
+    assert orphan.wait(timeout=5) == -signal.SIGTERM and time.time() - t0 < 5
+    # a pid file naming an unrelated live process is left alone
+    (tmp_path / WORKER_PID).write_text(str(os.getpid()))
+    assert not stop_previous_worker(tmp_path)

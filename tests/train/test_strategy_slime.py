@@ -157,4 +157,6 @@ def test_generate_with_routed_out_slots_equals_the_short_sequence(tok):
         min_new_tokens=4,
         do_sample=False,
     )
-    assert new.shape == (1, 4) and torch.equal(new, ref)
+    n = prompt["input_ids"].shape[1]
+    assert new.shape == (1, n + 4) and torch.equal(new[:, :n], prompt["input_ids"])
+    assert torch.equal(new[:, n:], ref)

@@ -1,5 +1,6 @@
 """`loupe train` with each multi-view strategy's tiny config on the demo export: a step, a saved model
-that loads back through the strategy (test_train_config.py validates the configs)."""
+that loads back through the strategy and generates through ``load_for_inference`` (the shipped
+configs are validated in test_train_config.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from loupe.pipeline.cli import app
+from loupe.train.inference import load_for_inference
 
 CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
 STRATEGIES = ["s2", "dragonfly", "slime", "mg_llava"]
@@ -34,3 +37,11 @@ def test_trains_saves_and_reloads(name, demo_runs, tmp_path):
     saved = load_file(str(out / "model.safetensors"))
     assert set(saved) == set(model.state_dict())
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # the eval entry point rebuilds it from loupe_train.yaml and generates
+    bundle = load_for_inference(out)
+    image = next(demo_runs.glob("*/export/images/*"))
+    with Image.open(image) as im:
+        inputs = bundle.inputs(im.convert("RGB"), "What is in the image?")
+    gen = bundle.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert isinstance(bundle.decode(gen, inputs), str)

@@ -109,8 +109,10 @@ class MultimodalLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
         """The language model's ``generate`` on the prompt with its images (tensor keyword arguments are
-        the strategy's collate output; the rest go to ``generate``). Returns the new tokens only.
+        the strategy's collate output; the rest go to ``generate``). Returns prompt + new tokens, as
+        transformers does for ``input_ids`` (``load_for_inference``'s ``decode`` cuts the prompt).
         Routed-out slots stay masked; ``generate`` derives positions from the mask's cumulative sum."""
         images = {k: kwargs.pop(k) for k in list(kwargs) if isinstance(kwargs[k], torch.Tensor)}
         embeds, attention_mask, _ = self.embed_inputs(input_ids, attention_mask, None, **images)
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return torch.cat([input_ids, new.to(input_ids.device)], dim=1)

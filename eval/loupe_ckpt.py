@@ -59,12 +59,6 @@ class StrategyVLM(TokenVLM):
         self.model = model.to(self.device).eval()
         self.name = path.name
 
-    def _images_in(self, ids) -> int:
-        # a run of image tokens is one image (the strategy expands each placeholder to one run)
-        tid = self.tokenizer.convert_tokens_to_ids(IMAGE)
-        flags = (ids[0] == tid).int().tolist()
-        return sum(1 for i, f in enumerate(flags) if f and (i == 0 or not flags[i - 1]))
-
     def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
         it = iter(images)
         expanded = []

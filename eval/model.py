@@ -104,52 +104,39 @@ class TokenVLM:
         if not queries:
             return []
         texts = [render(q.turns, self.chat_format) for q in queries]
+        if not hasattr(self.model, "generate"):
+            return [self._greedy(t, list(q.images), max_new_tokens) for t, q in zip(texts, queries)]
         enc = self._inputs(texts, [im for q in queries for im in q.images], "left")
         with torch.inference_mode():
-            if hasattr(self.model, "generate"):
-                out = self.model.generate(
-                    **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )[:, enc["input_ids"].shape[1] :]  # fmt: skip
-            else:
-                out = self._greedy(enc, max_new_tokens)
+            out = self.model.generate(
+                **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )[:, enc["input_ids"].shape[1] :]  # fmt: skip
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def _greedy(self, enc: dict, max_new_tokens: int):
-        """Greedy loop for models without ``generate`` (no KV cache). Rows run one at a time:
-        without ``position_ids`` in the strategy contract, left padding would shift positions."""
+    def _greedy(self, text: str, images: list[Any], max_new_tokens: int) -> str:
+        """Greedy decoding for models without ``generate`` (strategy modules): one query at a time
+        (the strategy contract has no ``position_ids``, so left padding would shift positions, and
+        ragged image inputs cannot be split per row), no KV cache: each step re-runs the sequence."""
         import torch
 
+        enc = self._inputs([text], images, "right")
+        ids = enc.pop("input_ids")
+        enc.pop("attention_mask", None)
         eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        rows = []
-        n_img = 0
-        for i in range(enc["input_ids"].shape[0]):
-            keep = enc["attention_mask"][i].bool()
-            ids = enc["input_ids"][i][keep][None]
-            # this row's images: as many as its prompt has image placeholders (collated in order)
-            k = self._images_in(ids)
-            extra = {
-                key: v[n_img : n_img + k]
-                for key, v in enc.items()
-                if key not in ("input_ids", "attention_mask")
-            }
-            n_img += k
-            new: list[int] = []
+        new: list[int] = []
+        with torch.inference_mode():
             for _ in range(max_new_tokens):
-                logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0, -1]
-                t = int(logits.argmax())
-                new.append(t)
+                t = int(
+                    self.model(input_ids=ids, attention_mask=torch.ones_like(ids), **enc)
+                    .logits[0, -1]
+                    .argmax()
+                )
                 if t == eos:
                     break
+                new.append(t)
                 ids = torch.cat([ids, ids.new_tensor([[t]])], 1)
-            rows.append(new)
-        width = max((len(r) for r in rows), default=0)
-        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
-
-    def _images_in(self, ids) -> int:
-        """Number of images in one encoded prompt (overridden where images expand to many tokens)."""
-        return 1
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def answer_loss(self, queries: Sequence[Query], answers: Sequence[str]) -> list[float]:
         """Mean token cross-entropy of each answer (and its end-of-turn token) given its query,

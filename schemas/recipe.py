@@ -21,7 +21,7 @@ def safe_name(v: str) -> str:
     """A name that becomes one folder: no separators, no ``..``, no control characters."""
     if not _NAME.fullmatch(v) or len(v) > 128:
         raise ValueError(
-            f"{v!r}: use 1-128 letters, digits, '_', '-', '.' starting with a letter or digit (it names a folder)"
+            "use letters, digits, '_', '-', '.' (at most 128, starting with a letter or digit; it names a folder)"
         )
     return v
 
@@ -39,6 +39,18 @@ def relative_subpath(v: str) -> str:
 
 
 SafeName = Annotated[str, AfterValidator(safe_name)]
+
+
+def _first_repeat(keys) -> tuple[int, int] | None:
+    """``(i, j)`` for the first key equal to an earlier one (j is that earlier index), else None."""
+    first: dict = {}
+    for i, k in enumerate(keys):
+        if k in first:
+            return i, first[k]
+        first[k] = i
+    return None
+
+
 SubPath = Annotated[str, AfterValidator(relative_subpath)]
 
 
@@ -511,36 +523,28 @@ class Recipe(Strict):
     def _no_repeats(cls, v: list) -> list:
         # A stage may appear twice with different settings (DenseFusion runs a closed-set and an
         # open-set detector); the same settings twice would write every row twice.
-        first: dict[str, int] = {}
-        for i, st in enumerate(v):
-            key = repr(st.model_dump(exclude={"batch_size", "resources"}))
-            if key in first:
-                raise ValueError(
-                    f"stages[{i}] repeats stages[{first[key]}] ({st.stage!r} with the same settings); "
-                    "a repeated stage must differ, e.g. in backend or model"
-                )
-            first[key] = i
+        rep = _first_repeat(repr(st.model_dump(exclude={"batch_size", "resources"})) for st in v)
+        if rep:
+            i, j = rep
+            raise ValueError(
+                f"stages[{i}] repeats stages[{j}] ({v[i].stage!r} with the same settings); "
+                "a repeated stage must differ, e.g. in backend or model"
+            )
         return v
 
     @field_validator("sources")
     @classmethod
     def _unique_source_names(cls, v: list) -> list:
-        seen: dict[str, int] = {}
-        for i, src in enumerate(v):
-            name = src.name or getattr(src, "dataset", None)
-            if name in seen:
-                raise ValueError(
-                    f"sources[{i}].name {name!r} repeats sources[{seen[name]}]; source names must differ "
-                    "(they are part of every uid and name the source's scratch folder)"
-                )
-            seen[name] = i
+        rep = _first_repeat(src.name or getattr(src, "dataset", None) for src in v)
+        if rep:
+            i, j = rep
+            raise ValueError(
+                f"sources[{i}].name {v[j].name or v[j].dataset!r} repeats sources[{j}]; source names must "
+                "differ (they are part of every uid and name the source's scratch folder)"
+            )
         return v
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        import re
-
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError("use letters, digits, '_', '-', '.' (it names a folder)")
-        return v
+        return safe_name(v)

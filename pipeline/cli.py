@@ -131,8 +131,9 @@ def _preflight(loaded, output: str | None) -> None:
     from loupe.pipeline.preflight import preflight
 
     problems = preflight(loaded, output)
+    errors = [f"{loaded.path.name}: {p}" for p in problems if p.error]
     for p in problems:
-        if not p.error:
+        if not p.error and not errors:  # with errors, only the errors: one line each
             err.print(Text(f"warning: {loaded.path.name}: {p}"), highlight=False, soft_wrap=True)
     errors = [f"{loaded.path.name}: {p}" for p in problems if p.error]
     if errors:
@@ -151,6 +152,13 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print, per stage, whether it is done here, reused from an earlier run dir of this recipe "
+        "(its identity - config minus batch_size/resources/concurrency, plus its inputs - is unchanged) "
+        "or computed; run nothing.",
+    ),
     limit: Optional[int] = typer.Option(
         None,
         min=1,
@@ -175,6 +183,9 @@ def run(
         loaded = load_recipe(recipe, overrides=set_)
         _preflight(loaded, output)
         plan = make_plan(loaded, output, limit=limit)
+        if dry_run:
+            _dry_run(plan)
+            return
         try:
             log = open_run_log(plan.run.path)
         except OSError as e:
@@ -233,6 +244,15 @@ def run(
     out.print(f"report:  loupe report {plan.run.path}")
 
 
+def _dry_run(plan) -> None:
+    """One plain line per stage: ``<stage>  <identity>  done | reuse <run dir> | compute``."""
+    from loupe.pipeline.reuse import plan_actions
+
+    print(f"run dir: {plan.location}")
+    for sid, ident, action in plan_actions(plan.run, plan.identities):
+        print(f"{sid:<20}  {ident[:12]}  {action}")
+
+
 def _summary(metrics: dict[str, dict]) -> None:
     t = Table(title="stages", show_lines=False)
     for c in ("stage", "in", "out rows", "drops", "skipped", "seconds", "items/s"):
@@ -244,7 +264,8 @@ def _summary(metrics: dict[str, dict]) -> None:
             str(m.get("rows_out", "")),
             str(m.get("drops", "")),
             str(m.get("skipped_done", "")),
-            f"{m.get('seconds', 0):.2f}",
+            f"{m.get('seconds', 0):.2f}"
+            + (" (reused)" if m.get("reused_from") else " (kept)" if m.get("noop") else ""),
             str(m.get("items_per_s") or ""),
         )
     err.print(t)

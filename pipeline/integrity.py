@@ -66,7 +66,7 @@ def check_shard(run: RunDir, table: str | None, path: Path) -> str | None:
     if not path.name.startswith(f"{stage}-"):
         return f"footer names stage {stage!r} but the file name does not"
     lineage = meta.get(LINEAGE_KEY, b"").decode(errors="replace")
-    if run.lineage and lineage and lineage != run.lineage:
+    if run.lineage and lineage and lineage != run.lineage and lineage not in _adopted(run, stage):
         return f"written by another run (lineage {lineage}, this run is {run.lineage})"
     if table is not None:
         missing = [c for c in TABLES[table][1].names if c not in pf.schema_arrow.names]
@@ -89,6 +89,15 @@ def check_shard(run: RunDir, table: str | None, path: Path) -> str | None:
         if extra:
             return f"{len(extra)} row uid(s) not in the footer's covered list, e.g. {sorted(extra)[0]}"
     return None
+
+
+def _adopted(run: RunDir, stage: str) -> list[str]:
+    """Lineages a stage's shards may carry because this run adopted them (``loupe.pipeline.reuse``)."""
+    from loupe.pipeline.reuse import reused_lineages
+
+    # clusters shards are named <stage>-<batch digest>: match the stage part of the footer's name
+    got = reused_lineages(run)
+    return next((v for k, v in got.items() if stage == k or stage.startswith(f"{k}-")), [])
 
 
 def _first_line(e: BaseException) -> str:

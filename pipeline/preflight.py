@@ -293,7 +293,7 @@ def _writable(loaded: LoadedRecipe, output: str | None) -> Problem | None:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        return Problem(field, f"{where!r}: {probe} is a file, not a folder (resolved to {p})")
+        return Problem(field, f"{where!r}: {probe} is not a folder (it is a file; resolved to {p})")
     if not os.access(probe, os.W_OK | os.X_OK):
         return Problem(
             field, f"{where!r}: cannot create run folders: {probe} is not writable (resolved to {p})"

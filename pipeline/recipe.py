@@ -285,18 +285,44 @@ def _template_fingerprints(recipe: R.Recipe) -> dict[str, str]:
     return out
 
 
-def lineage_hash(loaded: LoadedRecipe) -> str:
-    """Hash of what determines the outputs: recipe content (not the executor), code version, prompt
-    templates, and the sources' resolved paths (model ids are recipe fields, so they are included)."""
+#: stage fields that change how fast a stage runs, not what it writes: not part of its identity
+EXECUTION_KNOBS = frozenset(
+    {"batch_size", "resources", "concurrency", "workers", "device", "timeout_s", "max_retries"}
+)
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_identities(loaded: LoadedRecipe) -> dict[str, str]:
+    """``{stage id: identity}`` in run order, ``ingest`` first (see ``loupe.pipeline.reuse``).
+
+    ingest: the recipe's top-level fields that shape the samples (sources and their resolved paths,
+    seed, limits; not name, description, output or executor) and the code version. Each later stage:
+    its own config minus :data:`EXECUTION_KNOBS` (plus its prompt template's fingerprint) and the
+    identity of the stage before it, whose live samples it reads."""
     r = loaded.recipe
-    payload = {
-        "recipe": r.model_dump(mode="json", exclude={"executor", "description", "output"}),
-        "sources": [str(loaded.resolve(s.path)) for s in r.sources],
-        "version": LINEAGE_VERSION,
-        "templates": _template_fingerprints(r),
-    }
-    blob = json.dumps(payload, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    top = r.model_dump(mode="json", exclude={"stages", "executor", "description", "output", "name"})
+    prev = _sha(
+        {"ingest": top, "paths": [str(loaded.resolve(s.path)) for s in r.sources], "version": LINEAGE_VERSION}
+    )
+    out = {"ingest": prev}
+    templates = _template_fingerprints(r)
+    for sid, cfg in zip(stage_ids(r), r.stages):
+        own = cfg.model_dump(mode="json", exclude=set(EXECUTION_KNOBS & set(type(cfg).model_fields)))
+        if cfg.stage == "caption":
+            own["template_sha"] = templates.get(cfg.prompt_template)
+        prev = _sha({"stage": sid, "config": own, "input": prev})
+        out[sid] = prev
+    return out
+
+
+def lineage_hash(loaded: LoadedRecipe) -> str:
+    """The run dir's name: the identity of the last stage, which chains every stage's identity before it
+    (so it covers the recipe content minus execution knobs, prompt templates, resolved source paths and
+    the code version)."""
+    return list(stage_identities(loaded).values())[-1][:12]
 
 
 def recipe_json_schema() -> dict:

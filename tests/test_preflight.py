@@ -132,8 +132,8 @@ def test_output_that_is_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     errors, _, _ = _problems(_recipe(tmp_path, "  - {stage: exact_dedup}\n", output="afile/runs"))
     assert errors == [
-        f"output: 'afile/runs': {tmp_path / 'afile'} is a file, not a folder "
-        f"(resolved to {tmp_path / 'afile' / 'runs'})"
+        f"output: 'afile/runs': {tmp_path / 'afile'} is not a folder "
+        f"(it is a file; resolved to {tmp_path / 'afile' / 'runs'})"
     ]
 
 

@@ -17,7 +17,7 @@ from rich.progress import Progress
 
 from loupe.pipeline.evidence import attach_evidence, build_stage_input, remove_stage_input
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
-from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, remote_sync, stage_metrics
 from loupe.pipeline.logs import LOG, RunProgress
 from loupe.pipeline.stage import StageOutput
 
@@ -132,6 +132,16 @@ def run_ingest(plan: Plan, progress: Progress) -> dict:
                 break  # --limit N: the first N samples in source order, the rest on a later run
     progress.update(task, total=rows + drops, completed=rows + drops)
     m = stage_metrics(rows + drops, rows, drops, time.time() - t0, skipped, table="samples")
+    prev = run.manifest().get("stages", {}).get("ingest", {})
+    if rows + drops == 0 and prev.get("status") == "complete":
+        # nothing new: the original ingest's metrics (timings included) stay in the manifest
+        finish_task(progress, task, "ingest", m)
+        return {
+            **m,
+            "noop": True,
+            **({"reused_from": prev["reused_from"]} if prev.get("reused_from") else {}),
+        }
+    plan.changed = True
     run.update_stage("ingest", status="complete", **m)
     finish_task(progress, task, "ingest", m)
     return m
@@ -192,7 +202,8 @@ def run_local(plan: Plan, console: Console | None = None, quiet: bool = False) -
             metrics["ingest"] = run_ingest(plan, progress)
             plan.on_stage_done("ingest")
             for sp in plan.stages:
-                metrics[sp.id] = run_stage(plan, sp, progress)
+                metrics[sp.id] = noop_metrics(plan, sp) or run_stage(plan, sp, progress)
+                plan.changed |= not metrics[sp.id].get("noop") and metrics[sp.id].get("rows_in", 0) > 0
                 plan.on_stage_done(sp.id)
         plan.run.update_manifest(status="complete")
     return metrics

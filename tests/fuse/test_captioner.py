@@ -115,7 +115,7 @@ def test_default_model_is_the_packaged_smollm2_gguf():
 def test_openai_retries_429_and_5xx_then_succeeds():
     script = {"AAA": [429, 503, 200], "BBB": [500, 200], "CCC": [200]}
     with ScriptedServer(script) as srv:
-        c = OpenAICaptioner(srv.url, None, concurrency=3, backoff_s=0.01, max_retries=3)
+        c = OpenAICaptioner(srv.url, None, concurrency=3, max_retries=3)
         assert c.model_id == "stub"
         out = c.caption(["AAA x", "BBB y", "CCC z"])
         c.close()
@@ -125,7 +125,7 @@ def test_openai_retries_429_and_5xx_then_succeeds():
 
 def test_openai_honours_retry_after():
     with ScriptedServer({"AAA": [429, 200]}, retry_after="0.3") as srv:
-        c = OpenAICaptioner(srv.url, "stub", backoff_s=0.0, max_retries=2)
+        c = OpenAICaptioner(srv.url, "stub", max_retries=2)
         t = time.monotonic()
         assert c.caption(["AAA"]) == ["caption for AAA"]
         assert time.monotonic() - t >= 0.3
@@ -134,7 +134,8 @@ def test_openai_honours_retry_after():
 
 def test_openai_rejected_item_becomes_drop_row_and_outage_raises(tmp_path):
     with ScriptedServer({"REJECT": [400]}) as srv:
-        stage = _stage(tmp_path, backend="openai", endpoint=srv.url, concurrency=2, max_retries=1)
+        # the stub echoes the whole (long) prompt: no word cap here
+        stage = _stage(tmp_path, backend="openai", endpoint=srv.url, concurrency=2, max_retries=1, max_words=None)
         out = stage(_batch())
         stage.close()
     assert [r["uid"] for r in out.rows.to_pylist()] == ["u0", "u1"]
@@ -144,7 +145,7 @@ def test_openai_rejected_item_becomes_drop_row_and_outage_raises(tmp_path):
     assert "RequestRejected: HTTP 400" in drops[0]["detail"]
     # a server that keeps failing is an outage, not bad items: the batch raises (and is retried on rerun)
     with ScriptedServer({"AAA": [503]}) as srv:
-        c = OpenAICaptioner(srv.url, None, backoff_s=0.01, max_retries=2)
+        c = OpenAICaptioner(srv.url, None, max_retries=2)
         with pytest.raises(TransientError, match="failed after 3 tries: HTTP 503"):
             c.caption(["AAA", "BBB"])
         assert srv.calls["AAA"] == 3
@@ -156,7 +157,7 @@ def test_openai_unreachable_or_wrong_model_fails_at_start():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: connection refused
     with pytest.raises(ModelUnavailable, match="cannot list models"):
-        OpenAICaptioner(f"http://127.0.0.1:{port}", None, max_retries=1, backoff_s=0.01, timeout_s=2)
+        OpenAICaptioner(f"http://127.0.0.1:{port}", None, max_retries=1, timeout_s=2)
     with ScriptedServer({}) as srv:
         with pytest.raises(ModelUnavailable, match=r"'other' is not served .*\['stub'\]"):
             OpenAICaptioner(srv.url, "other")

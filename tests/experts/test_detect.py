@@ -180,5 +180,7 @@ def test_haar_finds_the_astronauts_face_offline():
 
 
 def test_haar_labels_must_have_a_cascade():
-    with pytest.raises(RecipeError, match="queries: \\['dog'\\] have no Haar cascade; backend haar detects: face"):
+    with pytest.raises(
+        RecipeError, match="queries: \\['dog'\\] have no Haar cascade; backend haar detects: face"
+    ):
         make_detector(DetectConfig(stage="detect", backend="haar", queries=["face", "dog"]))

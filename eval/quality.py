@@ -9,9 +9,11 @@
   (the share of OCR words and detected labels a caption names), and the share of captions the fuse
   check flagged (``hallucinated`` non-empty: object words no evidence mentions);
 * ``hallucination``: object-word hallucination against detections and tags only, CHAIR-style
-  (Rohrbach et al. 2018): the object vocabulary is every detection label and tag the run's experts
-  produced; a caption word (lower-case, a trailing plural "s" removed) in that vocabulary but not
-  among *its own* image's labels and tags is hallucinated. ``chair_i`` = hallucinated mentions /
+  (Rohrbach et al. 2018): the object vocabulary is the head noun (last word) of every detection
+  label and tag the run's experts produced; a caption word (lower-case, a trailing plural "s"
+  removed) in that vocabulary but not among the words of *its own* image's labels and tags is
+  hallucinated (an object the caption took from the alt-text or OCR counts too: the metric
+  measures support by the visual experts only). ``chair_i`` = hallucinated mentions /
   object mentions, ``chair_s`` = captions with one or more / captions with any object mention;
 * ``ocr``: OCR lines and characters per live sample, share of live samples with text;
 * ``dedup``: per method, rows judged and the share kept; ``drops``: per stage, count and share of
@@ -54,9 +56,10 @@ def _one(con, sql: str) -> Any:
 
 def object_hallucination(captions: dict[str, str], objects: dict[str, set[str]]) -> dict[str, float]:
     """CHAIR_i / CHAIR_s of ``captions`` (uid -> text) against ``objects`` (uid -> its labels and tags)."""
-    vocab = {
-        _stem(w) for objs in objects.values() for o in objs for w in WORD.findall(o.lower()) if len(w) > 2
-    }
+    # the head noun (last word) of every label: "black-and-tan coonhound" -> coonhound, "street sign"
+    # -> sign; the other words ("and", colours, modifiers) name no object by themselves
+    heads = (WORD.findall(o.lower()) for objs in objects.values() for o in objs)
+    vocab = {_stem(ws[-1]) for ws in heads if ws and len(ws[-1]) > 2}
     mentions = halluc = with_obj = with_halluc = 0
     for uid, text in captions.items():
         seen = {_stem(w) for o in objects.get(uid, ()) for w in WORD.findall(o.lower())}

@@ -100,3 +100,10 @@ def test_report_shows_quality(tmp_path):
     run = make_run(tmp_path)
     page = build_report(resolve_run(run)).read_text()
     assert 'id="quality"' in page and "hallucination.chair_s" in page and "captions.words_mean" in page
+
+
+def test_hallucination_vocabulary_is_label_head_nouns():
+    objs = {"a": {"black-and-tan coonhound"}, "b": {"street sign"}}
+    h = object_hallucination({"a": "A black and tan dog.", "b": "A coonhound by the street sign."}, objs)
+    # vocabulary {coonhound, sign}: "black", "and", "street" are not objects; b's coonhound is unsupported
+    assert h["vocabulary"] == 2 and h["object_mentions"] == 2 and h["chair_i"] == pytest.approx(0.5)

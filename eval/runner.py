@@ -78,6 +78,17 @@ def infer(
     return out
 
 
+def limit_samples(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """The first ``limit`` questions, never cutting a group of rotations (MMBench) in two."""
+    if not limit or limit >= len(samples):
+        return samples
+    end = limit
+    group = samples[end - 1].gt.get("group")
+    while group is not None and end < len(samples) and samples[end].gt.get("group") == group:
+        end += 1
+    return samples[:end]
+
+
 def read_predictions(path: str | Path) -> dict[str, str | None]:
     """``question_id -> text`` from a predictions JSONL; a malformed line is an error naming it."""
     p = Path(path)
@@ -116,8 +127,7 @@ def score_samples(task: Task, samples: list[Sample], preds: dict[str, str | None
 
 def score_predictions(task: Task, predictions: str | Path, limit: int | None = None) -> dict[str, Any]:
     """Score an existing predictions file against the task's annotations (missing = wrong)."""
-    samples = task.samples()[:limit] if limit else task.samples()
-    return score_samples(task, samples, read_predictions(predictions))
+    return score_samples(task, limit_samples(task.samples(), limit), read_predictions(predictions))
 
 
 def run_task(
@@ -132,9 +142,7 @@ def run_task(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Inference + scoring; writes ``out_dir/predictions.jsonl`` and ``out_dir/scores.json``."""
-    samples = task.samples()
-    if limit:
-        samples = samples[:limit]
+    samples = limit_samples(task.samples(), limit)
     if not samples:
         raise LoupeError(f"{task.name}: no questions found under {task.data}")
     out = Path(out_dir)

@@ -166,3 +166,32 @@ def test_predictions_file_missing_ids_count_as_wrong(tmp_path):
     p.write_text("{broken\n")
     with pytest.raises(LoupeError, match=r"predictions.jsonl:1: not JSON"):
         read_predictions(p)
+
+
+def test_vqav2_test_dev_writes_upload_rows(tmp_path):
+    from loupe.eval.tasks.vqa import VQAv2
+
+    root = tmp_path / "vq"
+    root.mkdir()
+    qs = [
+        {"image_id": 7, "question": "What is it?", "question_id": 70},
+        {"image_id": 8, "question": "Why?", "question_id": 80},
+    ]
+    (root / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps({"questions": qs}))
+    t = get_task("vqav2", root, split="test-dev2015")  # no annotations file needed for a test split
+    s = t.samples()
+    assert s[0].image.name == "COCO_test2015_000000000007.jpg"
+    assert _score(t, {70: "Two dogs."})["score"] is None
+    # EvalAI processing as convert_vqav2_for_submission.py; a missing answer is uploaded as ''
+    assert VQAv2.upload(s, {"70": "Two dogs."}) == [
+        {"question_id": 70, "answer": "2 dogs"},
+        {"question_id": 80, "answer": ""},
+    ]
+
+
+def test_limit_keeps_rotation_groups_whole(tmp_path):
+    from loupe.eval.runner import limit_samples
+
+    s = _task("mmbench", tmp_path).samples()  # group 0: 4 rotations, group 1: 2
+    assert [q.qid for q in limit_samples(s, 2)] == ["0/0", "0/1", "0/2", "0/3"]
+    assert len(limit_samples(s, 5)) == 6 and len(limit_samples(s, None)) == 6

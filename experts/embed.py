@@ -64,6 +64,11 @@ class Embedder(ABC):
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32, rows L2-normalised."""
 
+    def embed_images_and_norms(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unit vectors and, where a head on the same backbone needs it to score from the stored
+        vector (EfficientNet tags), each feature's norm before normalising; else None."""
+        return self.embed_images(images), None
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         raise RecipeError(
             f"embedder {self.model_id!r} has no text tower; use backend: open_clip to embed text"
@@ -148,6 +153,17 @@ class EfficientNetLite0(Embedder):
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return l2_normalise(self.features_and_logits(images)[0])
+
+    def embed_images_and_norms(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        feats = self.features_and_logits(images)[0]
+        return l2_normalise(feats), np.linalg.norm(feats, axis=-1).astype(np.float32)
+
+    def logits_from_features(self, unit: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """ImageNet logits from stored unit vectors and their norms: the classifier is linear, so this
+        is the forward pass's own logits up to float rounding, with no decode and no convolution."""
+        f = self.torch.from_numpy(np.asarray(unit, np.float32) * np.asarray(norms, np.float32)[:, None])
+        with self.torch.inference_mode():
+            return self.model._fc(f.to(self.device)).float().cpu().numpy()
 
 
 def open_clip_name(model: str | None, base: Path | None = None) -> str:

@@ -98,6 +98,8 @@ def top_rows(tags: list[str], scores: np.ndarray, top_k: int, min_score: float) 
 
 class EfficientNetTagger(Expert):
     table = "tags"
+    #: ``predict_from_embeddings`` needs each stored vector's pre-normalisation norm
+    needs_norm = True
 
     def __init__(
         self,
@@ -123,13 +125,20 @@ class EfficientNetTagger(Expert):
         self.model_id = self.backbone.model_id
 
     def predict(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
-        _, logits = self.backbone.features_and_logits(images)
+        return self._rows(self.backbone.features_and_logits(images)[1])
+
+    def predict_from_embeddings(self, unit: np.ndarray, norms: np.ndarray) -> list[list[dict[str, Any]]]:
+        """Tags from the embed stage's stored vectors of the same backbone: no decode, no forward."""
+        return self._rows(self.backbone.logits_from_features(unit, norms))
+
+    def _rows(self, logits: np.ndarray) -> list[list[dict[str, Any]]]:
         probs = self.torch.softmax(self.torch.from_numpy(logits).double(), dim=-1)
         return top_rows(self.tags, (probs @ self.matrix).numpy(), self.top_k, self.min_score)
 
 
 class OpenClipTagger(Expert):
     table = "tags"
+    needs_norm = False
 
     def __init__(
         self,
@@ -154,7 +163,11 @@ class OpenClipTagger(Expert):
     def predict(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
         if not images:
             return []
-        sims = self.embedder.embed_images(images) @ self.text.T
+        return self.predict_from_embeddings(self.embedder.embed_images(images))
+
+    def predict_from_embeddings(self, unit: np.ndarray, norms: Any = None) -> list[list[dict[str, Any]]]:
+        """Zero-shot tags from stored unit image vectors of the same model (CLIP scores need no norm)."""
+        sims = np.asarray(unit, np.float32) @ self.text.T
         probs = softmax(self.logit_scale * sims.astype(np.float64))
         return top_rows(self.vocabulary, probs, self.top_k, self.min_score)
 

@@ -31,12 +31,14 @@ class Embed(ExpertStage):
         return embedder
 
     def run_expert(self, images: list[Image.Image], rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        vecs = self.expert.embed_images(images)
-        out = [[{"kind": "image", "vector": v.tolist()}] for v in vecs]
+        vecs, norms = self.expert.embed_images_and_norms(images)
+        if norms is None:
+            norms = [None] * len(vecs)
+        out = [[{"kind": "image", "vector": v.tolist(), "norm": n}] for v, n in zip(vecs, norms)]
         if self.config.text:
             idx = [i for i, r in enumerate(rows) if (r.get("alt_text") or "").strip()]
             if idx:
                 texts = self.expert.embed_texts([rows[i]["alt_text"].strip() for i in idx])
                 for i, v in zip(idx, texts):
-                    out[i].append({"kind": "text", "vector": v.tolist()})
+                    out[i].append({"kind": "text", "vector": v.tolist(), "norm": None})
         return out

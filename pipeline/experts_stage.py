@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from loupe.experts.base import Expert
@@ -113,13 +115,63 @@ class OcrStage(ExpertStage):
 
 
 class TagStage(ExpertStage):
+    """Tags. When an ``embed`` stage of the same backbone ran first (same model id: EfficientNet-Lite0
+    or the same open_clip model), tags are scored from its stored vectors — the classifier head on
+    the pooled feature, or CLIP's zero-shot rule on the unit vector — so each image is decoded and
+    run through the network once for both stages (issue 19). Images without such a vector are
+    decoded and tagged as usual."""
+
     name = "tag"
     table = "tags"
+    evidence: ClassVar[tuple[str, ...]] = ("embeddings",)
 
     def make_expert(self) -> Expert:
         from loupe.experts.tags import make_tagger
 
         return make_tagger(self.config, base=self.ctx.recipe_dir)
+
+    def __call__(self, batch: pa.Table) -> StageOutput:
+        if "embeddings" not in batch.column_names:
+            return super().__call__(batch)
+        reuse, unit, norms = stored_vectors(
+            batch["embeddings"], self.expert.model_id, getattr(self.expert, "needs_norm", False)
+        )
+        batch = batch.drop_columns(["embeddings"])
+        if not hasattr(self.expert, "predict_from_embeddings") or not len(reuse):
+            return super().__call__(batch)
+        results = self.expert.predict_from_embeddings(unit, norms)
+        model = self.expert.model_id
+        uids = batch["uid"].to_pylist()
+        rows = [{"uid": uids[i], "model": model, **r} for i, res in zip(reuse.tolist(), results) for r in res]
+        rest = np.setdiff1d(np.arange(batch.num_rows), reuse)
+        out = super().__call__(batch.take(rest)) if len(rest) else StageOutput(drops=DROPS.empty_table())
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        out.rows = pa.concat_tables([table, out.rows]) if out.rows is not None else table
+        out.metrics = {**out.metrics, "expert_model": model, "tags_from_embeddings": len(reuse)}
+        return out
+
+
+def stored_vectors(
+    col: pa.ChunkedArray, model: str, need_norm: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a batch's ``embeddings`` evidence column: the row indices with an image vector of ``model``
+    (and a stored norm when ``need_norm``), those unit vectors (n, dim) and their norms."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    flat = pc.list_flatten(col)
+    parent = pc.list_parent_indices(col).to_numpy()
+    ok = pc.and_(pc.equal(flat.field("model"), model), pc.equal(flat.field("kind"), "image"))
+    if need_norm:
+        ok = pc.and_(ok, pc.is_valid(flat.field("norm")))
+    ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    rows, first = np.unique(parent[ok], return_index=True)  # one vector per uid (the first)
+    if not len(rows):
+        return rows, np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+    picked = flat.filter(pa.array(ok)).take(pa.array(first))
+    vectors = picked.field("vector")
+    dim = len(vectors[0])
+    unit = pc.list_flatten(vectors).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    norms = picked.field("norm").to_numpy(zero_copy_only=False).astype(np.float32)
+    return rows, unit, norms
 
 
 class DetectStage(ExpertStage):

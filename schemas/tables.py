@@ -36,6 +36,9 @@ EMBEDDINGS = pa.schema(
         ("model", pa.string()),
         ("kind", pa.string()),  # "image" | "text"
         ("vector", pa.list_(pa.float32())),  # L2-normalised
+        # L2 norm of the feature before normalising, where a classifier head on the same backbone
+        # needs it (EfficientNet-Lite0 tags are computed from the stored vector, issue 19); else null
+        ("norm", pa.float32()),
     ]
 )
 

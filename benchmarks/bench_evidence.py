@@ -130,7 +130,7 @@ def main() -> None:
 
             real, spent = evidence.build_stage_input, []
 
-            def timed_build(*args, **kw):
+            def timed_build(*args, real=real, spent=spent, **kw):
                 c = cpu()
                 out = real(*args, **kw)
                 spent.append(cpu() - c)

@@ -11,16 +11,17 @@ classifier, and the same forward pass gives the ImageNet logits the tagger uses.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from loupe.experts.weights import local_path, looks_like_hub_id, pick_device, require_package, usable_cpus
+from loupe.experts.threads import OneThreadWorkers
+from loupe.experts.weights import local_path, looks_like_hub_id, pick_device, require_package
 from loupe.pipeline.errors import ModelUnavailable, RecipeError
 
 # Official EfficientNet-Lite eval preprocessing (tensorflow/tpu models/official/efficientnet/lite):
@@ -28,6 +29,11 @@ from loupe.pipeline.errors import ModelUnavailable, RecipeError
 LITE_MEAN, LITE_STD = 127.0, 128.0
 LITE_SIZE, LITE_CROP_PADDING = 224, 32
 CPU_MICRO_BATCH = 4
+# preprocess: fast decodes a JPEG in draft mode to at least this multiple of the model's short side,
+# so the exact bicubic resize still does the last >= 1.5x (antialiased) step. At 1x (DCT scaling
+# straight to the input size) texture photos fell to cosine 0.976 vs a full decode; at 1.5x the worst
+# of the demo photos at 1024 px is 0.986 (tests/experts/test_preprocess.py, docs/benchmarks.md).
+DRAFT_FACTOR = 1.5
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -59,6 +65,9 @@ class Embedder(ABC):
 
     model_id: str = "unknown"
     supports_text: bool = False
+    #: short side the model's preprocessing resizes to: a JPEG may be decoded in draft mode straight
+    #: to at least this size (``preprocess: fast``); None = always decode in full
+    draft_size: int | None = None
 
     @abstractmethod
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -74,6 +83,11 @@ class Embedder(ABC):
             f"embedder {self.model_id!r} has no text tower; use backend: open_clip to embed text"
         )
 
+    def close(self) -> None:
+        workers = getattr(self, "workers", None)
+        if workers is not None:
+            workers.close()
+
 
 def centre_crop_resize(img: Image.Image, size: int, crop_padding: int) -> Image.Image:
     """Resize the short side to size + padding, then centre-crop size x size (aspect kept)."""
@@ -87,15 +101,12 @@ def centre_crop_resize(img: Image.Image, size: int, crop_padding: int) -> Image.
     return img.crop((left, top, left + size, top + size))
 
 
-@lru_cache(maxsize=1)
-def _preprocess_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(min(8, usable_cpus()), thread_name_prefix="loupe-prep")
-
-
 class EfficientNetLite0(Embedder):
     """ImageNet EfficientNet-Lite0 from pip packages: 1280-d embeddings and 1000-class logits."""
 
-    def __init__(self, device: str = "auto", weights: str | None = None):
+    def __init__(self, device: str = "auto", weights: str | None = None, workers: int | None = None):
+        """``workers``: on CPU, micro-batches run on this many one-thread workers (default: the CPUs
+        this worker was given, see :mod:`loupe.experts.threads`); on a GPU, preprocessing threads."""
         require_package("torch", "torch", "EfficientNet-Lite0")
         require_package("efficientnet_lite_pytorch", "efficientnet-lite-pytorch", "EfficientNet-Lite0")
         import torch
@@ -126,30 +137,41 @@ class EfficientNetLite0(Embedder):
         self.torch = torch
         self.model_id = "efficientnet-lite0-imagenet"
         self.dim = int(self.model._fc.in_features)
+        self.draft_size = math.ceil(DRAFT_FACTOR * (LITE_SIZE + LITE_CROP_PADDING))
+        self.workers = OneThreadWorkers(workers, name="loupe-lite0")
 
     def preprocess(self, images: list[Image.Image]):
-        crop = partial(centre_crop_resize, size=LITE_SIZE, crop_padding=LITE_CROP_PADDING)
-        if self.device == "cpu" or len(images) < 8:
-            crops = [crop(im) for im in images]
-        else:  # on a GPU, PIL resizing is the bottleneck; PIL releases the GIL, so threads help
-            crops = list(_preprocess_pool().map(crop, images))
+        return self._tensor([centre_crop_resize(im, LITE_SIZE, LITE_CROP_PADDING) for im in images])
+
+    def _tensor(self, crops: list[Image.Image]):
         arr = np.stack([np.asarray(c) for c in crops])
         x = (arr.astype(np.float32) - LITE_MEAN) / LITE_STD
         # NHWC numpy viewed as NCHW is already channels_last in memory
         return self.torch.from_numpy(x).permute(0, 3, 1, 2).to(self.device)
 
+    def _forward(self, x) -> tuple[np.ndarray, np.ndarray]:
+        with self.torch.inference_mode():
+            f = self.model.extract_features(x).mean(dim=(2, 3))
+            # dropout is identity in eval mode
+            return f.float().cpu().numpy(), self.model._fc(f).float().cpu().numpy()
+
     def features_and_logits(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """Pooled 1280-d features (not normalised) and ImageNet logits for a batch, one forward pass."""
+        """Pooled 1280-d features (not normalised) and ImageNet logits for a batch, one forward pass.
+
+        On CPU each micro-batch (resize, crop, forward) runs on a one-thread worker
+        (:class:`~loupe.experts.threads.OneThreadWorkers`); on a GPU the workers only resize (PIL
+        releases the GIL) and the forward is one call per micro-batch."""
         if not images:
             return np.zeros((0, self.dim), np.float32), np.zeros((0, 1000), np.float32)
-        feats, logits = [], []
-        with self.torch.inference_mode():
-            for i in range(0, len(images), self.micro_batch):
-                fmap = self.model.extract_features(self.preprocess(images[i : i + self.micro_batch]))
-                f = fmap.mean(dim=(2, 3))
-                feats.append(f.float().cpu().numpy())
-                logits.append(self.model._fc(f).float().cpu().numpy())  # dropout is identity in eval mode
-        return np.concatenate(feats), np.concatenate(logits)
+        mb = self.micro_batch
+        if self.device == "cpu":
+            chunks = [images[i : i + mb] for i in range(0, len(images), mb)]
+            out = self.workers.map(lambda c: self._forward(self.preprocess(c)), chunks)
+        else:
+            crop = partial(centre_crop_resize, size=LITE_SIZE, crop_padding=LITE_CROP_PADDING)
+            crops = self.workers.map_io(crop, images)
+            out = [self._forward(self._tensor(crops[i : i + mb])) for i in range(0, len(crops), mb)]
+        return np.concatenate([f for f, _ in out]), np.concatenate([lg for _, lg in out])
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return l2_normalise(self.features_and_logits(images)[0])
@@ -195,6 +217,7 @@ class OpenClip(Embedder):
         device: str = "auto",
         base: Path | None = None,
         batch_size: int = 64,
+        workers: int | None = None,
     ):
         require_package("open_clip", "open_clip_torch", "open_clip backend")
         import open_clip
@@ -225,19 +248,23 @@ class OpenClip(Embedder):
         self.model.eval()
         self.torch = torch
         self.batch_size = batch_size
+        size = getattr(getattr(self.model, "visual", None), "image_size", 224)
+        self.draft_size = math.ceil(DRAFT_FACTOR * (max(size) if isinstance(size, (tuple, list)) else size))
+        self.workers = OneThreadWorkers(workers if self.device == "cpu" else 1, name="loupe-clip")
         self.model_id = f"open_clip:{name}" + (f"/{Path(pretrained).name}" if pretrained else "")
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, 0), np.float32)
-        out = []
+        # on CPU, one chunk per one-thread worker (see loupe.experts.threads)
+        step = min(self.batch_size, -(-len(images) // self.workers.workers))
+        chunks = [images[i : i + step] for i in range(0, len(images), step)]
+        return l2_normalise(np.concatenate(self.workers.map(self._encode, chunks)))
+
+    def _encode(self, images: list[Image.Image]) -> np.ndarray:
         with self.torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = self.torch.stack(
-                    [self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]]
-                )
-                out.append(self.model.encode_image(x.to(self.device)).float().cpu().numpy())
-        return l2_normalise(np.concatenate(out))
+            x = self.torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+            return self.model.encode_image(x.to(self.device)).float().cpu().numpy()
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -38,6 +38,16 @@ class ExpertStage(Stage):
     def make_expert(self) -> Any:  # pragma: no cover - interface (an Expert, or an Embedder for embed)
         raise NotImplementedError
 
+    @property
+    def draft_size(self) -> int | None:
+        """Short side JPEGs may be decoded to in draft mode (``preprocess: fast``); None = full decode."""
+        if getattr(self.config, "preprocess", "exact") != "fast":
+            return None
+        model = (
+            getattr(self.expert, "backbone", None) or getattr(self.expert, "embedder", None) or self.expert
+        )
+        return getattr(model, "draft_size", None)
+
     def close(self) -> None:
         """Called by the executor after the last batch: release the expert's threads."""
         close = getattr(self.expert, "close", None)
@@ -65,9 +75,10 @@ class ExpertStage(Stage):
         drops: list[dict] = []
         ok_rows: list[dict[str, Any]] = []
         images: list[Image.Image] = []
+        draft = self.draft_size
         for row in rows_in:
             try:
-                images.append(decode(row.get("image") or b"", max_side=self.decode_side()))
+                images.append(decode(row.get("image") or b"", max_side=self.decode_side(), draft_size=draft))
                 ok_rows.append(row)
             except DecodeError as e:
                 drops.append(self.drop(row["uid"], e.reason, str(e)))

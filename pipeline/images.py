@@ -75,11 +75,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(data: bytes, max_side: int | None = None, max_pixels: int | None = None) -> Image.Image:
+def decode(
+    data: bytes, max_side: int | None = None, max_pixels: int | None = None, draft_size: int | None = None
+) -> Image.Image:
     """Decode fully (so truncated files fail here, not later), apply EXIF rotation, convert to RGB.
 
     Refuses images above the pixel budget before decoding (:class:`ImageTooLarge`). With
     ``max_side``, the result's longer side may be reduced towards ``max_side`` (never below it).
+    With ``draft_size`` (a model that resizes to that short side anyway, ``preprocess: fast``), a
+    JPEG is decoded in draft mode: libjpeg's DCT scaling at 1/2..1/8, the smallest that keeps both
+    sides at least ``draft_size`` (2-8x fewer pixels to decode and resize); it overrides
+    ``max_side`` for JPEGs; other formats decode as without it.
     """
     if not data:
         raise DecodeError("empty file")
@@ -95,7 +101,9 @@ def decode(data: bytes, max_side: int | None = None, max_pixels: int | None = No
                 "(limits.max_image_pixels)"
             )
         fmt = img.format
-        if max_side and max(w, h) >= 2 * max_side and fmt == "JPEG":
+        if draft_size and fmt == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        elif max_side and max(w, h) >= 2 * max_side and fmt == "JPEG":
             img.draft("RGB", (max_side, max_side))  # libjpeg decodes at 1/2..1/8 scale, >= max_side
         img.load()
         if max_side and max(img.size) >= 2 * max_side and fmt != "JPEG":

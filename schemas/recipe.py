@@ -231,6 +231,11 @@ class EmbedConfig(StageConfig):
     pretrained: str | None = Field(None, description="open_clip pretrained tag, hub id or checkpoint path.")
     text: bool = Field(False, description="Also embed alt-text (needs a text tower: open_clip).")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    preprocess: Literal["fast", "exact"] = Field(
+        "fast",
+        description="fast: JPEGs decoded in draft mode near the model's input size (cosine >= 0.98 to "
+        "exact, docs/benchmarks.md); exact: full decode, then resize.",
+    )
 
 
 class SemDedupConfig(StageConfig):
@@ -340,6 +345,11 @@ class TagConfig(StageConfig):
     top_k: int = Field(5, ge=1, description="Tags kept per image.")
     min_score: float = Field(0.05, ge=0, le=1, description="Score threshold.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    preprocess: Literal["fast", "exact"] = Field(
+        "fast",
+        description="fast: JPEGs decoded in draft mode near the model's input size (cosine >= 0.98 to "
+        "exact, docs/benchmarks.md); exact: full decode, then resize.",
+    )
 
 
 class CaptionConfig(StageConfig):

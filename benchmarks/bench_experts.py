@@ -175,10 +175,9 @@ def ocr_sweep(n: int, repeats: int) -> None:
     print(
         f"labelled set: {len(labelled)} images, {sum(len(w) for _, _, w in labelled)} words; photos: {len(ph)}"
     )
-    print(
-        "| rapidocr options | photos img/s/core | text img/s/core | word recall | " + " | ".join(kinds) + " |"
-    )
-    print("|---|---|---|---|" + "---|" * len(kinds))
+    head = ["rapidocr options", "photos img/s/core", "text img/s/core", "word recall", *kinds]
+    print("| " + " | ".join([*head, "words read on text-free photos"]) + " |")
+    print("|" + "---|" * (len(head) + 1))
     for name, kw in OCR_SWEEP:
         ocr = RapidOcr(**kw)
         ocr.predict(ph[:2])  # warm-up: engines load lazily per thread

@@ -6,8 +6,9 @@ first, with ``keep: first`` the (source, source_id, uid) order as in exact dedup
 image and the pair passes the second check (``confirm``, see ``loupe.pipeline.dedup.confirm``), and
 ``duplicate_of`` names the nearest such one. Low-information images (flat colour) are never merged.
 On a resumed run with new samples, the images this stage kept before come first (and stay kept), as
-in exact dedup. Neighbours come from a faiss binary index range search (popcount in C++, queried in
-chunks), never a Python loop over all pairs; the range search runs once at the largest distance of
+in exact dedup. Neighbours come from band LSH (``loupe.pipeline.dedup.lsh``: max_distance + 1
+bands, so every pair within the distance shares one band exactly; only rows sharing a band are
+compared), never from all pairs; the search runs once at the largest distance of
 the ``max_distances`` sweep, whose kept counts are reported like SemDeDup's ``epsilons``.
 
 With the default 64-bit hash, a resize + JPEG re-encode moves a photo 0-4 bits and a 2-3 % crop
@@ -29,6 +30,7 @@ import pyarrow.dataset as pads
 from PIL import Image
 
 from loupe.pipeline.dedup.confirm import block_difference, contrast, is_palette, keep_key, signature
+from loupe.pipeline.dedup.lsh import lsh_neighbours
 from loupe.pipeline.images import DecodeError, decode
 from loupe.pipeline.stage import Stage, StageOutput
 from loupe.pipeline.vectors import kept_before
@@ -51,7 +53,10 @@ def pack(bits: np.ndarray) -> np.ndarray:
 
 
 def neighbours(codes: np.ndarray, radius: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per row: the indices and Hamming distances of every row within ``radius`` bits (itself included)."""
+    """Per row: the indices and Hamming distances of every row within ``radius`` bits (itself included).
+
+    The exhaustive reference (every pair, popcount in faiss); the stage uses the band-LSH search
+    :func:`loupe.pipeline.dedup.lsh.lsh_neighbours`, which returns the same lists (tests/dedup/test_lsh.py)."""
     import faiss
 
     index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
@@ -107,7 +112,7 @@ def near_duplicates(
     n = len(codes)
     if n == 0:
         return np.full(0, -1, np.int64), np.full(0, -1, np.int64)
-    return claim(neighbours(codes, max_distance), max_distance, confirm, excluded)
+    return claim(lsh_neighbours(codes, max_distance), max_distance, confirm, excluded)
 
 
 @dataclass
@@ -182,7 +187,7 @@ class PhashDedup(Stage):
         codes = pack(np.stack([infos[r["uid"]].bits for r in rows])) if rows else np.zeros((0, 1), np.uint8)
         excluded = np.array([infos[r["uid"]].contrast < cfg.min_contrast for r in rows], bool)
         sweep = sorted({cfg.max_distance, *cfg.max_distances})
-        nbrs = neighbours(codes, max(sweep)) if rows else ([], [])
+        nbrs = lsh_neighbours(codes, max(sweep)) if rows else ([], [])
         confirm, checked = self._confirmer(rows, nbrs, excluded)
         dup, dist = claim(nbrs, cfg.max_distance, confirm, excluded)
         kept_at = {

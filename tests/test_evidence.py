@@ -79,7 +79,8 @@ def test_local_run_joins_evidence_once_per_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(evidence, "_join_sql", lambda *a: joins.append(a[3]) or real(*a))
     plan = make_plan(load_recipe(recipe))
     run_local(plan, quiet=True)
-    assert joins == [("ocr", "detect", "tags")]  # one join for 3 caption batches
+    # one join per stage (tag reads stored embeddings), not one per batch: 3 caption batches, 1 join
+    assert joins == [("embeddings",), ("ocr", "detect", "tags")]
     caps = plan.run.read_table("captions", ["uid", "evidence"]).to_pylist()
     assert len(caps) == 3 and all('"tags": ["' in c["evidence"] for c in caps)
     assert not evidence.input_dir(plan.run, "caption").exists()

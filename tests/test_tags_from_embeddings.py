@@ -25,7 +25,9 @@ def recipe(tmp_path: Path, stages: str) -> Path:
     for name in IMAGES:
         shutil.copy(REPO / "recipes" / "demo_images" / name, tmp_path / "imgs" / name)
     p = tmp_path / "r.yaml"
-    p.write_text(f"name: t\noutput: runs\nsources:\n  - {{type: local_folder, name: d, path: imgs}}\nstages:\n{stages}")
+    p.write_text(
+        f"name: t\noutput: runs\nsources:\n  - {{type: local_folder, name: d, path: imgs}}\nstages:\n{stages}"
+    )
     return p
 
 
@@ -34,9 +36,9 @@ def counted(monkeypatch):
     """Counts images decoded by expert stages and images run through EfficientNet-Lite0."""
     n = {"decode": 0, "forward": 0}
 
-    def count_decode(data):
+    def count_decode(data, **kw):
         n["decode"] += 1
-        return decode(data)
+        return decode(data, **kw)
 
     real = EfficientNetLite0.features_and_logits
 

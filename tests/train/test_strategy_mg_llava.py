@@ -100,3 +100,14 @@ def test_one_step_lowers_loss_and_errors_name_options(tok):
         build_strategy(tiny_model_config("mg_llava"))
     with pytest.raises(ValueError, match="exactly one of path"):
         mg(aux={"path": "x", "config": {}})
+
+
+def test_bf16_weights_with_boxes(tok):
+    # RoIAlign has no bf16 CPU kernel: it runs in float32 (as upstream) and the result is cast back
+    s = mg()
+    enc = s.build_model(tok).encoder.to(torch.bfloat16).eval()
+    item = s.preprocess(gradient_image((400, 300)), boxes=[[10, 10, 200, 250]])
+    batch = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in s.collate([item]).items()}
+    with torch.no_grad():
+        feats, _ = enc(batch)
+    assert feats[0].shape == (577, 64) and feats[0].dtype == torch.bfloat16

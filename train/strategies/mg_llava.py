@@ -185,7 +185,8 @@ class MGLlavaEncoder(nn.Module):
             return stages[-1]
         size = stages[0].shape[-2:]
         ups = [stages[0]] + [
-            F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False) for s in stages[1:]
+            F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False).to(s.dtype)
+            for s in stages[1:]
         ]
         return torch.cat(ups, dim=1)
 
@@ -209,12 +210,13 @@ class MGLlavaEncoder(nn.Module):
                 out.append(tokens[i])
                 continue
             roi = roi_align(
-                fmap[i : i + 1],
-                [b.to(fmap)],
+                fmap[i : i + 1].float(),  # in float32, as upstream (fuse_model.py L177, L243-248)
+                [b.float().to(fmap.device)],
                 output_size=self.roi_output_size,
                 spatial_scale=fmap.shape[-1] / self.aux_size,
             )
-            out.append(torch.cat([tokens[i], self.bbox_projector(roi.mean(dim=(2, 3)))], dim=0))
+            pooled = roi.mean(dim=(2, 3)).to(self.bbox_projector[0].weight.dtype)
+            out.append(torch.cat([tokens[i], self.bbox_projector(pooled).to(tokens.dtype)], dim=0))
         return out
 
 

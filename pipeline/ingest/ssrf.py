@@ -205,7 +205,10 @@ class GuardedHTTPHandler(urllib.request.HTTPHandler):
 
 class GuardedHTTPSHandler(urllib.request.HTTPSHandler):
     def https_open(self, req):
-        return self.do_open(GuardedHTTPSConnection, req, context=self._context)
+        kwargs = {"context": self._context}
+        if hasattr(self, "_check_hostname"):  # Python < 3.12
+            kwargs["check_hostname"] = self._check_hostname
+        return self.do_open(GuardedHTTPSConnection, req, **kwargs)
 
 
 def guarded_opener(

@@ -81,6 +81,10 @@ def test_connection_peer_is_checked_before_anything_is_sent(server):
     with pytest.raises(URLError, match="ssrf_refused: 127.0.0.1 connected to 127.0.0.1"):
         opener.open(server.url("/img/0.png"), timeout=5)
     assert server.log == []
+    # https goes through the same check, before the TLS handshake
+    with pytest.raises(URLError, match="ssrf_refused: 127.0.0.1 connected to 127.0.0.1"):
+        opener.open(server.url("/img/0.png").replace("http://", "https://"), timeout=5)
+    assert server.log == []
 
 
 @pytest.mark.parametrize(

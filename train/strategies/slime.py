@@ -245,8 +245,9 @@ class SlimeEncoder(nn.Module):
             global_ = self.projector(per_image[:1])[0]
             sep = ctx.embed(torch.tensor([self.separator_id], device=views.device)).to(global_.dtype)
             local = self.local_tokens(per_image[1:], *grids[i].tolist())
-            text_mask = ctx.prompt[i] if self.router_text == "prompt" else None
-            # upstream scores against every text token of the sample (get_pure_text_embedding, L162-210)
+            # upstream scores against every attended text token of the sample, a masked *sum*
+            # (get_pure_text_embedding L162-210 gives the mask; the router's mask branch L193-197)
+            text_mask = ctx.prompt[i] if self.router_text == "prompt" else torch.ones_like(ctx.prompt[i])
             kept = self.route(local, ctx.text[i], text_mask)
             out.append(torch.cat([global_, sep, local]))
             keep.append(

@@ -398,6 +398,9 @@ def report(
         "earlier `loupe report` wrote: Loupe never replaces files it did not create.",
     ),
     max_samples: int = typer.Option(5000, help="Rows (and thumbnails) in the searchable samples table."),
+    compare: Optional[str] = typer.Option(
+        None, help="Another run dir (or runs/<recipe>): its captions beside this run's, sample by sample."
+    ),
 ) -> None:
     """Write a self-contained HTML report of a run or of a training output (report/index.html)."""
     try:
@@ -410,7 +413,8 @@ def report(
         else:
             from loupe.pipeline.report import build_report
 
-            path = build_report(_resolve_run(run_dir), output, max_samples=max_samples)
+            other = _resolve_run(compare) if compare else None
+            path = build_report(_resolve_run(run_dir), output, max_samples=max_samples, compare=other)
     except LoupeError as e:
         _fail(e)
     out.print(f"report: {path}")

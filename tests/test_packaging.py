@@ -41,6 +41,7 @@ def test_wheel_maps_dirs_to_loupe_namespace(tmp_path):
         # data files the code reads at run time
         "loupe/pipeline/fuse/templates/densefusion_gpt4v.txt",
         "loupe/pipeline/report/templates/page.html",
+        "loupe/pipeline/report/templates/report.html.j2",
         "loupe/pipeline/report/templates/report.js",
         "loupe/experts/vocab/tags.txt",
         "loupe/experts/vocab/imagenet.tsv",

@@ -9,7 +9,6 @@ the page itself logs nothing, so any such line is a failure (e.g. an unescaped `
 
 from __future__ import annotations
 
-import html
 import random
 import re
 import shutil
@@ -18,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import markupsafe
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -195,7 +195,7 @@ def test_report_escapes_user_text_and_draws_overlays(small_run, tmp_path):
     index = build_report(small_run, tmp_path / "rep")
     page = index.read_text(encoding="utf-8")
     assert XSS not in page  # neither from the alt-text, the caption quoting it, nor the OCR text
-    assert html.escape(XSS) in page
+    assert str(markupsafe.escape(XSS)) in page  # jinja2 autoescape (markupsafe)
     assert "&lt;b&gt;cat&lt;/b&gt;" in page and "<b>cat</b>" not in page
     # funnel: 7 files -> 6 decoded -> 5 after exact dedup
     funnel = funnel_from_dom(page)

@@ -21,6 +21,7 @@ from pathlib import Path
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.query import connect
 from loupe.pipeline.report.data import ReportData, read_image_bytes, read_report_data, report_path
+from loupe.pipeline.report.extras import compare_captions
 from loupe.pipeline.report.html import Images, render_page
 from loupe.pipeline.report.images import SpriteSheets, make_thumb, thumb_name, write_overlay
 from loupe.pipeline.report.plots import funnel_plot, histogram
@@ -57,6 +58,9 @@ def _gallery_uids(d: ReportData) -> set[str]:
     uids.update(c["representative"] for c in d.clusters if c["representative"])
     uids.update(c["uid"] for c in d.captions)
     uids.update(d.overlays)
+    for g in d.extra.get("cluster_gallery") or []:
+        uids.update(m["uid"] for m in g["members"])
+    uids.update(r["uid"] for r in d.extra.get("compare") or [])
     return uids
 
 
@@ -104,10 +108,16 @@ def _write_plots(d: ReportData, out: Path) -> dict[str, str | None]:
     return plots
 
 
-def build_report(run: RunDir | str | Path, output: str | Path | None = None, max_samples: int = 5000) -> Path:
+def build_report(
+    run: RunDir | str | Path,
+    output: str | Path | None = None,
+    max_samples: int = 5000,
+    compare: RunDir | str | Path | None = None,
+) -> Path:
     """Write the HTML report of ``run`` to ``output`` (default ``<run>/report``); return index.html.
 
-    ``max_samples`` caps the rows of the searchable samples table (and so the thumbnails written).
+    ``max_samples`` caps the rows of the searchable samples table (and so the thumbnails written);
+    ``compare`` (another run dir) adds a side-by-side of both runs' captions of the same samples.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     if not run.manifest_path.exists():
@@ -118,15 +128,29 @@ def build_report(run: RunDir | str | Path, output: str | Path | None = None, max
     (out / MARKER).write_text(
         "written by loupe report; its thumbs/, overlays/, sprites/ are replaced on rebuild\n"
     )
+    other = None
+    if compare is not None:
+        other = compare if isinstance(compare, RunDir) else RunDir(compare)
+        if not other.manifest_path.exists():
+            raise LoupeError(f"--compare: {str(other.path)!r} is not a run directory (no manifest.json)")
     con = connect(run)
     try:
         d = read_report_data(con, run, max_samples=max_samples)
+        if other is not None:
+            ocon = connect(other)
+            try:
+                d.extra["compare"] = compare_captions(con, ocon)
+            finally:
+                ocon.close()
         images = _write_images(con, d, out)
     finally:
         con.close()
     plots = _write_plots(d, out)
     index = out / "index.html"
     tmp = out / f"{TMP_PREFIX}index.html"
-    tmp.write_text(render_page(d, images, plots), encoding="utf-8")
+    page = render_page(
+        d, images, plots, compare=d.extra.get("compare"), compare_path=str(other.path) if other else None
+    )
+    tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)  # a reader never sees half a page
     return index

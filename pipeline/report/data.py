@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from loupe.pipeline.report.extras import cluster_gallery, embedding_map
 from loupe.pipeline.rundir import RunDir
 
 
@@ -166,7 +167,8 @@ def read_captions(con: duckdb.DuckDBPyConnection, limit: int = 40) -> list[dict[
     rows = _rows(
         con,
         """
-        SELECT uid, backend, model, caption, n_words, ocr_coverage, label_coverage, hallucinated, evidence
+        SELECT uid, backend, model, caption, n_words, ocr_coverage, label_coverage, hallucinated, evidence,
+               repetition
         FROM captions WHERE uid IN (SELECT uid FROM live) ORDER BY uid LIMIT ?
         """,
         [limit],
@@ -187,9 +189,12 @@ def read_samples(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, A
         """
         WITH d AS (SELECT uid, arg_min(stage || ': ' || reason, stage) AS dropped FROM drops
                    WHERE stage <> 'ingest' GROUP BY uid),
-             c AS (SELECT uid, any_value(caption) AS caption FROM captions GROUP BY uid),
+             c AS (SELECT uid, any_value(caption) AS caption, any_value(n_words) AS n_words,
+                          any_value(ocr_coverage) AS ocr_coverage, max(repetition) AS repetition
+                   FROM captions GROUP BY uid),
              o AS (SELECT uid, string_agg(text, ' ' ORDER BY line) AS ocr FROM ocr GROUP BY uid)
-        SELECT s.uid, s.source, s.source_id, s.width, s.height, s.alt_text, d.dropped, c.caption, o.ocr
+        SELECT s.uid, s.source, s.source_id, s.width, s.height, s.alt_text, d.dropped, c.caption, o.ocr,
+               c.n_words, c.ocr_coverage, c.repetition
         FROM samples s LEFT JOIN d USING (uid) LEFT JOIN c USING (uid) LEFT JOIN o USING (uid)
         ORDER BY s.source, s.source_id, s.uid LIMIT ?
         """,
@@ -247,7 +252,11 @@ def read_report_data(con: duckdb.DuckDBPyConnection, run: RunDir, max_samples: i
         token_stats=stats,
         samples=read_samples(con, max_samples),
         n_samples=con.execute("SELECT count(*) FROM samples").fetchone()[0],
-        extra={"quality": _quality(con, run)},
+        extra={
+            "quality": _quality(con, run),
+            "map": embedding_map(con),
+            "cluster_gallery": cluster_gallery(con),
+        },
     )
 
 

@@ -111,7 +111,9 @@ class TrainArgs(Strict):
     """The optimisation loop; these map onto transformers ``TrainingArguments``."""
 
     output_dir: str = Field(
-        "runs/train/{name}", description="Checkpoints, loss log and plot ({name} = config name)."
+        "runs/train/{name}",
+        description="Checkpoints, loss log and plot; relative to the config file, {name} = config name "
+        "(the shipped configs use ../../runs/train/{name}, i.e. <repo>/runs/train/<name>).",
     )
     stage: Literal["pretrain", "finetune", "custom"] = Field(
         "finetune",

@@ -46,17 +46,30 @@ def test_torchrun_two_processes_train(demo_runs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_two_workers(demo_runs, tmp_path):
+    """`loupe train --executor ray` on a private local Ray: 2 TorchTrainer workers, DDP over gloo."""
     from conftest import private_ray
+    from typer.testing import CliRunner
 
-    from loupe.pipeline.query import resolve_run
-    from loupe.train.config import load_train_config
-    from loupe.train.ray_train import run_ray_training
+    from loupe.pipeline.cli import app
 
     out = tmp_path / "ray"
-    # the CLI resolves runs/<recipe> to its newest run; here the run dir is given directly
-    sets = [s for s in _sets(out) if s != "--set"]
-    sets += [f"data.path={resolve_run(demo_runs).path}", "ray.num_workers=2", "ray.cpus_per_worker=0.5"]
-    with private_ray(__name__):
-        s = run_ray_training(load_train_config(TINY, sets))
+    args = [
+        "train",
+        str(TINY),
+        "--executor",
+        "ray",
+        "--data",
+        str(demo_runs),
+        *_sets(out),
+        "--set",
+        "ray.num_workers=2",
+        "--set",
+        "ray.cpus_per_worker=0.5",
+    ]
+    with private_ray(__name__):  # the CLI joins this Ray instead of starting one
+        r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output[-3000:]
+    assert "ray: 2 worker(s)" in r.output and "trained 2 steps" in r.output
+    s = json.loads((out / "train_summary.json").read_text())
     assert s["world_size"] == 2 and s["global_step"] == 2 and s["samples"] == 8
     assert (out / "model.safetensors").exists() and (out / "loss.jsonl").exists()

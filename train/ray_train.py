@@ -49,7 +49,10 @@ def run_ray_training(loaded: LoadedTrainConfig, resume: bool = False, console: A
     )
     if console is not None:
         console.print(
-            f"ray: {rc.num_workers} worker(s), use_gpu={rc.use_gpu} -> {out}", highlight=False, markup=False
+            f"ray: {rc.num_workers} worker(s), use_gpu={rc.use_gpu} -> {out}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
     trainer = TorchTrainer(
         _worker,

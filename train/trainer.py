@@ -30,13 +30,16 @@ def _rank0() -> bool:
 
 def _say(console: Any, msg: str) -> None:
     if console is not None and _rank0():
-        console.print(msg, highlight=False, markup=False)
+        console.print(msg, highlight=False, markup=False, soft_wrap=True)
 
 
 def build_tokenizer(loaded: LoadedTrainConfig, samples: Any, out: Path, resume: bool = False) -> Any:
     from loupe.train.tokenizer import build_tiny_tokenizer, load_tokenizer, prepare_tokenizer
 
     m = loaded.config.model
+    if m.init_from and m.tokenizer in (None, "tiny"):
+        # continuing a trained model (pretrain -> finetune): its vocabulary, <image> id included
+        return load_tokenizer(loaded.resolve(m.init_from))
     if m.tokenizer == "tiny":
         saved = out / "tokenizer"
         if resume and (saved / "tokenizer.json").exists():

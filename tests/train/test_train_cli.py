@@ -157,4 +157,59 @@ def test_bad_records_are_skipped_and_counted(tmp_path, demo_runs):
     assert "4 samples" in r.output  # 3 good + the text-only one
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["skipped"] == {"not a conversation": 2, "missing image": 1, "empty turn": 1}
-    assert "skipped 1: missing image (e.g. mixed.jsonl:5:" in r.output.replace("\n", "")
+    assert "skipped 1: missing image (e.g. mixed.jsonl:5:" in r.output
+
+
+@pytest.mark.slow
+def test_pretrain_then_finetune_presets(demo_runs, tmp_path):
+    """pretrain trains only the projector on plain 2-turn pairs; finetune starts from its output."""
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    r = _train(
+        "--data",
+        str(demo_runs),
+        "--set",
+        f"train.output_dir={pre}",
+        "--set",
+        "train.stage=pretrain",
+        "--set",
+        "data.template=null",
+        "--set",
+        "train.lr=null",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.save_steps=1",
+        "--set",
+        "data.limit=6",
+    )
+    assert r.exit_code == 0, r.output[-3000:]
+    assert "template plain" in r.output and "(model.multi_modal_projector.*)" in r.output
+    before = LlavaForConditionalGeneration.from_pretrained(pre / "checkpoint-1").state_dict()
+    after = LlavaForConditionalGeneration.from_pretrained(pre).state_dict()
+    changed = {k for k in after if not (after[k] == before[k]).all()}
+    assert changed and all(k.startswith("model.multi_modal_projector.") for k in changed)
+    meta = yaml.safe_load((pre / "loupe_train.yaml").read_text())
+    assert (meta["lr"], meta["template"]) == (1e-3, "plain")
+
+    r = _train(
+        "--data",
+        str(demo_runs),
+        "--set",
+        f"train.output_dir={ft}",
+        "--set",
+        f"model.init_from={pre}",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "data.limit=4",
+    )
+    assert r.exit_code == 0, r.output[-3000:]
+    assert "(model.multi_modal_projector.*, model.language_model.*, lm_head.*)" in r.output
+    # it began from the pre-aligned weights: its one step is warm-up step 0 (lr 0), so nothing moved
+    start, end = load_file(str(pre / "model.safetensors")), load_file(str(ft / "model.safetensors"))
+    assert start.keys() == end.keys() and all((start[k] == end[k]).all() for k in start)
+    assert (pre / "tokenizer.json").read_text() == (ft / "tokenizer.json").read_text()

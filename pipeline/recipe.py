@@ -19,6 +19,10 @@ from loupe.schemas import recipe as R
 # never mixed into one run directory, while patch releases keep resuming the same run.
 LINEAGE_VERSION = "0.1"
 
+#: ``scheme://`` as ``loupe.pipeline.remote.is_uri`` reads it; kept here so that validating a recipe
+#: does not import pyarrow.dataset (and pandas) through the remote module: ``validate`` stays under 1 s
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
 _SOURCE_MODELS = {"local_folder": R.LocalFolderSource, "url_list": R.UrlListSource, "smr": R.SmrSource}
 _STAGE_MODELS = {
     m.model_fields["stage"].annotation.__args__[0]: m  # type: ignore[union-attr]
@@ -241,10 +245,8 @@ def load_recipe(
                 raise RecipeError(
                     f"{p.name}: sources[{i}].path: {src.path!r} does not exist (resolved to {target})"
                 )
-        from loupe.pipeline.remote import is_uri
-
         out = recipe.output
-        if not is_uri(out):
+        if not URI.match(out):
             root = loaded.resolve(out)
             for q in (root, root / recipe.name):
                 if q.exists() and not q.is_dir():

@@ -111,3 +111,47 @@ def test_bf16_weights_with_boxes(tok):
     with torch.no_grad():
         feats, _ = enc(batch)
     assert feats[0].shape == (577, 64) and feats[0].dtype == torch.bfloat16
+
+
+def test_openclip_convnext_folder_as_the_release_loads(tok, tmp_path):
+    # an OpenCLIP folder like laion/CLIP-convnext_large_d_320...: open_clip_config.json + weights
+    import json
+
+    import open_clip
+
+    from loupe.schemas.train import TowerConfig
+
+    model_cfg = dict(
+        embed_dim=16,
+        vision_cfg=dict(
+            timm_model_name="convnext_atto", timm_model_pretrained=False, timm_pool="", image_size=64
+        ),
+        text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=2, layers=1),
+    )
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(**model_cfg)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    torch.save(clip.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    # a 224/14 = 16 CLIP grid matches ConvNeXt's stride 32 at 512 px
+    vision = TowerConfig(
+        config=dict(
+            image_size=224,
+            patch_size=14,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
+    s = build_strategy(
+        tiny_model_config(
+            "mg_llava", vision=vision, options={"aux": {"path": str(tmp_path)}, "aux_size": 512}
+        )
+    )
+    enc = s.build_model(tok).encoder.eval()
+    assert enc.aux.config.hidden_sizes == [40, 80, 160, 320]
+    assert torch.equal(enc.aux.stem[0].weight, clip.visual.trunk.stem[0].weight)
+    batch = s.collate([s.preprocess(gradient_image((300, 200)), boxes=[[0, 0, 100, 100]])])
+    with torch.no_grad():
+        feats, _ = enc(batch)
+    assert feats[0].shape == (16 * 16 + 1, 64)

@@ -31,7 +31,10 @@ Token count: 576 + number of boxes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -137,6 +140,39 @@ class DualPathFuse(nn.Module):
         return low + high * gate.tanh()
 
 
+class OpenCLIPConvNeXt(nn.Module):
+    """The stem and stages of an OpenCLIP ConvNeXt (MG-LLaVA's ``OpenCLIPVisionTower``,
+    ``openclip_encoder.py`` L44-73, L231-237) from a folder holding ``open_clip_config.json`` and
+    ``open_clip_pytorch_model.bin`` (e.g. laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup),
+    with the interface of transformers' ``ConvNextModel`` used here: ``config.hidden_sizes``,
+    ``config.patch_size`` and ``forward(x, output_hidden_states=True).hidden_states``."""
+
+    def __init__(self, folder: str):
+        import open_clip
+
+        super().__init__()
+        root = Path(folder)
+        cfg = json.loads((root / "open_clip_config.json").read_text())["model_cfg"]
+        model = open_clip.CLIP(**cfg)
+        weights = root / "open_clip_pytorch_model.bin"
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        prefix = "visual.trunk."
+        trunk = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        missing = model.visual.trunk.load_state_dict(trunk, strict=False).missing_keys
+        lost = [k for k in missing if k.startswith(("stem.", "stages."))]
+        if lost:
+            raise ValueError(f"model.options.aux.path: {weights} lacks ConvNeXt weights, e.g. {lost[0]}")
+        self.stem, self.stages = model.visual.trunk.stem, model.visual.trunk.stages
+        widths = [st.blocks[-1].conv_dw.out_channels for st in self.stages]
+        self.config = SimpleNamespace(hidden_sizes=widths, patch_size=self.stem[0].stride[0])
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = True) -> Any:
+        outs = [self.stem(x)]
+        for stage in self.stages:
+            outs.append(stage(outs[-1]))
+        return SimpleNamespace(hidden_states=tuple(outs), last_hidden_state=outs[-1])
+
+
 def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
@@ -223,7 +259,8 @@ class MGLlavaEncoder(nn.Module):
 class MGLlavaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     aux: TowerConfig = Field(
-        description="High-res ConvNeXt tower (required): {path: <transformers ConvNext checkpoint>} or "
+        description="High-res ConvNeXt tower (required): {path: <OpenCLIP folder (open_clip_config.json + "
+        "open_clip_pytorch_model.bin), as the release, or a transformers ConvNext checkpoint>} or "
         "{config: {ConvNextConfig kwargs}} (random init). Its last stage must give the CLIP grid "
         "(aux_size / 32 = 24 for CLIP-L/14-336)."
     )
@@ -287,7 +324,10 @@ class MGLlavaStrategy(Strategy):
         aux = self.options.aux
         if aux.config is not None:
             return ConvNextModel(ConvNextConfig(**aux.config))
-        return ConvNextModel.from_pretrained(self.resolve(aux.path))
+        path = self.resolve(aux.path)
+        if (Path(path) / "open_clip_config.json").exists():  # the release's OpenCLIP ConvNeXt
+            return OpenCLIPConvNeXt(path)
+        return ConvNextModel.from_pretrained(path)
 
     def build_model(self, tokenizer: Any) -> MultimodalLM:
         o = self.options

@@ -1,7 +1,8 @@
 """``loupe train`` checkpoints of any strategy, through the strategy contract (train/strategies/base.py).
 
 A checkpoint folder holds the model (``save_pretrained`` or ``model.safetensors``), its tokenizer and
-``loupe_train.yaml`` (the training config: ``config.model`` and the chat ``template``). Images go
+``loupe_train.yaml`` (the training config: ``config.model`` and the chat ``template``); train's
+``load_for_inference`` rebuilds model, tokenizer, strategy and template from it. Images go
 through the strategy's own ``preprocess`` / ``collate`` (the llava strategy pads to a square, as
 LLaVA-1.5); each ``<image>`` of the prompt becomes ``image_token_count(w, h)`` image tokens, as the
 training data pipeline expands it. Prompts use the template the model was trained with
@@ -16,7 +17,7 @@ from typing import Any
 from loupe.eval.model import CHAT_FORMATS, IMAGE, TokenVLM, default_device
 from loupe.pipeline.errors import LoupeError
 
-CONFIG_FILE = "loupe_train.yaml"
+CONFIG_FILE = "loupe_train.yaml"  # loupe.train.trainer.CONFIG_FILE (not imported: trainer pulls torch)
 
 
 def is_loupe_checkpoint(path: Path) -> bool:
@@ -24,42 +25,32 @@ def is_loupe_checkpoint(path: Path) -> bool:
 
 
 class StrategyVLM(TokenVLM):
-    """A ``loupe train`` output folder as a :class:`~loupe.eval.model.VLM`."""
+    """A ``loupe train`` output folder as a :class:`~loupe.eval.model.VLM`, loaded by
+    ``loupe.train.inference.load_for_inference`` (model, tokenizer, strategy, template, system)."""
 
     def __init__(self, path: str | Path, chat_format: str | None = None, device: str | None = None):
-        import yaml
-
-        from loupe.schemas.train import ModelConfig
-        from loupe.train.strategies import build_strategy
-        from loupe.train.tokenizer import load_tokenizer
+        from loupe.train.inference import load_for_inference
 
         path = Path(path)
         try:
-            meta = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-            model_cfg = ModelConfig.model_validate(meta["config"]["model"])
-        except Exception as e:  # a damaged or foreign yaml: one line naming the file
-            raise LoupeError(
-                f"--model: {path / CONFIG_FILE} is not a loupe train config ({e})".splitlines()[0]
-            ) from None
-        template = meta.get("template") or (meta["config"].get("data") or {}).get("template") or "vicuna_v1"
-        self.chat_format = chat_format or (template if template in CHAT_FORMATS else "vicuna_v1")
+            bundle = load_for_inference(path)
+        except Exception as e:  # a damaged yaml, an unknown strategy, missing weights: one line naming it
+            msg = f"{type(e).__name__}: {e}".splitlines()[0]
+            raise LoupeError(f"--model: cannot load the loupe train checkpoint {path} ({msg})") from None
+        self.strategy, self.tokenizer, self.system = bundle.strategy, bundle.tokenizer, bundle.system
+        name = getattr(bundle.template, "name", "vicuna_v1")
+        self.chat_format = chat_format or (name if name in CHAT_FORMATS else "vicuna_v1")
         if self.chat_format not in CHAT_FORMATS:
             raise LoupeError(
                 f"chat_format: {self.chat_format!r} is not known; valid: {', '.join(CHAT_FORMATS)}"
             )
-        try:
-            self.strategy = build_strategy(model_cfg, meta.get("config_dir") or path)
-            self.tokenizer = load_tokenizer(path)
-            model = self.strategy.load_model(path)
-        except (ValueError, OSError) as e:
-            raise LoupeError(
-                f"--model: cannot load the {model_cfg.strategy} checkpoint {path}: {e}".splitlines()[0]
-            ) from None
         self.device = default_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = bundle.model.to(self.device).eval()
         self.name = path.name
 
-    def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+    def _encode(
+        self, texts: list[str], images: list[Any], padding_side: str, questions: list[str] | None = None
+    ) -> dict:
         it = iter(images)
         expanded = []
         for text in texts:
@@ -77,5 +68,8 @@ class StrategyVLM(TokenVLM):
         self.tokenizer.padding_side = padding_side
         enc = dict(self.tokenizer(expanded, add_special_tokens=False, padding=True, return_tensors="pt"))
         if images:
-            enc.update(self.strategy.collate([self.strategy.preprocess(im) for im in images]))
+            qs = questions or [None] * len(images)
+            enc.update(
+                self.strategy.collate([self.strategy.preprocess(im, question=q) for im, q in zip(images, qs)])
+            )
         return enc

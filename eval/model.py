@@ -55,14 +55,27 @@ class VLM(Protocol):
     def answer_loss(self, queries: Sequence[Query], answers: Sequence[str]) -> list[float]: ...
 
 
+def _image_turns(q: Query) -> list[str]:
+    """The turn text of each image of ``q``, in image order."""
+    return [t for _, t in q.turns for _ in range(t.count(IMAGE))]
+
+
+def _question(text: str) -> str:
+    return text.replace(IMAGE, "").strip()
+
+
 def render(
-    turns: Sequence[tuple[str, str]], chat_format: str = "vicuna_v1", answer: str | None = None
+    turns: Sequence[tuple[str, str]],
+    chat_format: str = "vicuna_v1",
+    answer: str | None = None,
+    system: str | None = None,
 ) -> str:
     """The prompt text ending where the assistant speaks next; with ``answer``, the answer and its
-    end-of-turn separator are appended (the text whose answer tokens ``answer_loss`` scores)."""
+    end-of-turn separator are appended (the text whose answer tokens ``answer_loss`` scores).
+    ``system`` replaces the template's system prompt (a checkpoint trained with ``data.system``)."""
     if chat_format == "vicuna_v1":
         seps = (" ", "</s>")
-        out = VICUNA_SYSTEM + seps[0]
+        out = (system or VICUNA_SYSTEM) + seps[0]
         for i, (role, text) in enumerate(turns):
             out += ("USER" if role == "user" else "ASSISTANT") + ": " + text + seps[i % 2]
         out += "ASSISTANT:"
@@ -70,7 +83,9 @@ def render(
     if chat_format == "llama3":
         from loupe.schemas.llama3 import EOT, llama3_render
 
-        out = llama3_render([{"role": r, "content": t} for r, t in turns], add_generation_prompt=True)
+        out = llama3_render(
+            [{"role": r, "content": t} for r, t in turns], system=system, add_generation_prompt=True
+        )
         return out if answer is None else out + answer.strip() + EOT
     raise LoupeError(f"chat_format: {chat_format!r} is not known; valid: {', '.join(CHAT_FORMATS)}")
 
@@ -88,13 +103,20 @@ class TokenVLM:
     device: str
     chat_format: str
 
-    def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+    system: str | None = None
+
+    def _encode(
+        self, texts: list[str], images: list[Any], padding_side: str, questions: list[str] | None = None
+    ) -> dict:
         raise NotImplementedError
 
-    def _inputs(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+    def _inputs(self, queries: Sequence[Query], texts: list[str], padding_side: str) -> dict:
         import torch
 
-        enc = {k: v.to(self.device) for k, v in self._encode(texts, images, padding_side).items()}
+        images = [im for q in queries for im in q.images]
+        # per image, the text of the turn it appears in (text-guided strategies zoom by the question)
+        questions = [_question(t) for q in queries for t in _image_turns(q)]
+        enc = {k: v.to(self.device) for k, v in self._encode(texts, images, padding_side, questions).items()}
         dtype = next(self.model.parameters()).dtype
         return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in enc.items()}
 
@@ -103,10 +125,10 @@ class TokenVLM:
 
         if not queries:
             return []
-        texts = [render(q.turns, self.chat_format) for q in queries]
+        texts = [render(q.turns, self.chat_format, system=self.system) for q in queries]
         if not hasattr(self.model, "generate"):
-            return [self._greedy(t, list(q.images), max_new_tokens) for t, q in zip(texts, queries)]
-        enc = self._inputs(texts, [im for q in queries for im in q.images], "left")
+            return [self._greedy(q, t, max_new_tokens) for t, q in zip(texts, queries)]
+        enc = self._inputs(queries, texts, "left")
         with torch.inference_mode():
             out = self.model.generate(
                 **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
@@ -114,13 +136,13 @@ class TokenVLM:
             )[:, enc["input_ids"].shape[1] :]  # fmt: skip
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def _greedy(self, text: str, images: list[Any], max_new_tokens: int) -> str:
+    def _greedy(self, query: Query, text: str, max_new_tokens: int) -> str:
         """Greedy decoding for models without ``generate`` (strategy modules): one query at a time
         (the strategy contract has no ``position_ids``, so left padding would shift positions, and
         ragged image inputs cannot be split per row), no KV cache: each step re-runs the sequence."""
         import torch
 
-        enc = self._inputs([text], images, "right")
+        enc = self._inputs([query], [text], "right")
         ids = enc.pop("input_ids")
         enc.pop("attention_mask", None)
         eos = self.tokenizer.eos_token_id
@@ -145,13 +167,17 @@ class TokenVLM:
 
         if not queries:
             return []
-        fulls = [render(q.turns, self.chat_format, answer=a) for q, a in zip(queries, answers, strict=True)]
-        enc = self._inputs(fulls, [im for q in queries for im in q.images], "right")
+        sys_ = self.system
+        fulls = [
+            render(q.turns, self.chat_format, answer=a, system=sys_)
+            for q, a in zip(queries, answers, strict=True)
+        ]
+        enc = self._inputs(queries, fulls, "right")
         prompt_lens = [
             int(
-                self._encode([render(q.turns, self.chat_format)], list(q.images), "right")["input_ids"].shape[
-                    1
-                ]
+                self._inputs([q], [render(q.turns, self.chat_format, system=sys_)], "right")[
+                    "input_ids"
+                ].shape[1]
             )
             for q in queries
         ]
@@ -229,7 +255,9 @@ class HFLlava(TokenVLM):
         )
         self.name = path.name
 
-    def _encode(self, texts: list[str], images: list[Any], padding_side: str) -> dict:
+    def _encode(
+        self, texts: list[str], images: list[Any], padding_side: str, questions: list[str] | None = None
+    ) -> dict:
         self.tokenizer.padding_side = padding_side
         if self.pad_to_square and images:
             from loupe.train.strategies.base import pad_to_square

@@ -63,18 +63,17 @@ def test_llava_strategy_checkpoint_answers_batched_and_scores(tmp_path):
 
 
 def test_composite_strategy_checkpoint(tmp_path):
-    """An S2 checkpoint: a plain module without ``generate``, answered by the greedy loop."""
+    """An S2 checkpoint (train's MultimodalLM) through load_for_inference: batched = one at a time."""
     m = load_vlm(make_checkpoint(tmp_path / "s2", strategy="s2"))
-    assert not hasattr(m.model, "generate")
-    q = Query.single(Image.new("RGB", (60, 40)), "Where is the cat?")
-    (a,) = m.answer([q], max_new_tokens=2)
-    assert isinstance(a, str)
-    assert m.answer_loss([q], ["left"])[0] > 0
+    qs = [Query.single(Image.new("RGB", (60 + 20 * i, 40)), "Where is the cat?") for i in range(2)]
+    batched = m.answer(qs, max_new_tokens=2)
+    assert batched == [m.answer([q], max_new_tokens=2)[0] for q in qs]
+    assert m.answer_loss(qs[:1], ["left"])[0] > 0
 
 
 def test_damaged_checkpoint_config(tmp_path):
     d = tmp_path / "bad"
     d.mkdir()
     (d / "loupe_train.yaml").write_text("config: {model: {strategy: nope}}\n")
-    with pytest.raises(LoupeError, match="loupe_train.yaml is not a loupe train config"):
+    with pytest.raises(LoupeError, match="cannot load the loupe train checkpoint .*bad"):
         load_vlm(d)

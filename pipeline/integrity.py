@@ -13,8 +13,8 @@ checksum verification, and checks:
 A shard that fails is moved to ``_quarantine/<table dir>/`` with a ``.reason`` file, together with
 the other half of its batch (a drops shard and its table shard share one shard id): the batch's
 uids are then not done, so the run redoes them exactly once; a warning names each shard. Verified
-shards are remembered by name, size and mtime in ``_state/verified.json`` so a resume does not
-re-read unchanged shards; bytes read later are still checksum-verified (``RunDir.dataset``).
+shards are remembered by name, size and mtime in ``_state/verified.json`` (and every shard of a run
+that completes), so a resume re-reads only the shards of an interrupted run; bytes read later are still checksum-verified (``RunDir.dataset``).
 
 This mirrors what DataTrove and img2dataset do for their outputs (a shard is done only when its
 completion record is intact) with parquet's own page checksums doing the byte-level check.
@@ -119,6 +119,22 @@ def quarantine(run: RunDir, path: Path, reason: str) -> Path:
     return dest
 
 
+def _all_shards(run: RunDir) -> list[tuple[str | None, Path]]:
+    return [
+        (t, p)
+        for t, d in shard_dirs(run)
+        for p in sorted(d.glob("*.parquet"))
+        if not p.name.startswith(TMP_PREFIX)
+    ]
+
+
+def mark_verified(run: RunDir) -> None:
+    """Record every shard as verified (called when a run completes: its writer just wrote them).
+    Shards of an interrupted run are not recorded, so the next run reads them end to end."""
+    verified = {str(p.relative_to(run.path)): _key(p) for _, p in _all_shards(run)}
+    atomic_write_text(run.path / VERIFIED, json.dumps(verified, sort_keys=True))
+
+
 def verify_run(run: RunDir, warn=None) -> list[tuple[str, str]]:
     """Check every not-yet-verified shard; quarantine bad ones with their batch partner.
 
@@ -131,12 +147,7 @@ def verify_run(run: RunDir, warn=None) -> list[tuple[str, str]]:
         verified: dict[str, str] = json.loads(vpath.read_text()) if vpath.exists() else {}
     except ValueError:
         verified = {}
-    shards = [
-        (t, p)
-        for t, d in shard_dirs(run)
-        for p in sorted(d.glob("*.parquet"))
-        if not p.name.startswith(TMP_PREFIX)
-    ]
+    shards = _all_shards(run)
     bad: dict[Path, str] = {}
     for table, p in shards:
         rel = str(p.relative_to(run.path))

@@ -18,6 +18,7 @@ from rich.progress import Progress
 from loupe.pipeline.evidence import attach_evidence, build_stage_input, remove_stage_input
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, remote_sync, stage_metrics
+from loupe.pipeline.integrity import mark_verified
 from loupe.pipeline.logs import LOG, RunProgress
 from loupe.pipeline.stage import StageOutput
 
@@ -206,4 +207,5 @@ def run_local(plan: Plan, console: Console | None = None, quiet: bool = False) -
                 plan.changed |= not metrics[sp.id].get("noop") and metrics[sp.id].get("rows_in", 0) > 0
                 plan.on_stage_done(sp.id)
         plan.run.update_manifest(status="complete")
+        mark_verified(plan.run)  # the next run re-reads only shards written after this
     return metrics

@@ -52,6 +52,7 @@ from loupe.pipeline.evidence import build_stage_input, conform_evidence, remove_
 from loupe.pipeline.executors.local import _commit, _progress, _rate, finish_task, run_ingest, run_stage
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, remote_sync, stage_metrics
+from loupe.pipeline.integrity import mark_verified
 from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
 
 #: Paths a ``ray job submit --working-dir`` upload should never carry (environments, outputs, caches).
@@ -442,6 +443,7 @@ def run_ray(
                     plan.changed |= not metrics[sp.id].get("noop") and metrics[sp.id].get("rows_in", 0) > 0
                     plan.on_stage_done(sp.id)
             plan.run.update_manifest(status="complete")
+            mark_verified(plan.run)  # the next run re-reads only shards written after this
         return metrics
     finally:
         if ours:

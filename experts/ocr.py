@@ -34,9 +34,12 @@ MIN_SIDE = 32
 # (skimage's coffee photo is read as "8" at 0.90 with a 0.504 box).
 DET_BOX_THRESH = 0.6
 # Short side small images are upscaled to for the text detector (0 = never; rapidocr's own rule is 736).
-# 0 costs 1.9x (text pages) to 2.6x (photos) less CPU and reads rendered text and signs as well, but
-# garbles skimage's 191 px scanned page and reads the coffee photo's cup as "8" (docs/benchmarks.md).
-DET_MIN_SIDE = 640
+# The sweep in benchmarks/bench_experts.py (--only ocr-sweep; docs/benchmarks.md) measures word
+# recall on a labelled set: 640 misses 9 % of the words (small text blurs when upscaled 2x, a line
+# of the scanned page goes), 320 reads all of them at 1.7x (text) to 2.7x (photos) less CPU; 0 is
+# faster still but garbles the 191 px scanned page unless the direction classifier is off. Cost of
+# 320 (as of 0): the coffee photo's cup is read as "8" (1 false word on 16 text-free photos).
+DET_MIN_SIDE = 320
 
 
 def quad_to_box(quad: Any) -> tuple[float, float, float, float]:

@@ -75,3 +75,25 @@ def test_one_thread_workers_keep_order_and_restore_torch_threads(lite):
 def test_worker_cpus_outside_ray_is_the_affinity():
     assert ray_assigned_cpus() is None
     assert worker_cpus() >= 1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_actors_get_one_torch_worker_per_assigned_cpu():
+    from conftest import private_ray
+
+    with private_ray(__name__) as ray:
+
+        @ray.remote
+        class Probe:
+            def cpus(self) -> int:
+                from loupe.experts.threads import worker_cpus
+
+                return worker_cpus()
+
+        one = Probe.options(num_cpus=1).remote()
+        assert ray.get(one.cpus.remote()) == 1
+        ray.kill(one)
+        two = Probe.options(num_cpus=2).remote()
+        assert ray.get(two.cpus.remote()) == min(2, worker_cpus())

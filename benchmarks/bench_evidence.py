@@ -100,7 +100,9 @@ def main() -> None:
     ap.add_argument("--old-max", type=int, default=10_000, help="largest N timed with the old attach")
     ap.add_argument("--old-batches", type=int, default=20, help="batches timed with the old attach")
     a = ap.parse_args()
-    print(f"load average at start {os.getloadavg()[0]:.1f} (2-core box shared with other jobs: CPU-s, not wall)")
+    print(
+        f"load average at start {os.getloadavg()[0]:.1f} (2-core box shared with other jobs: CPU-s, not wall)"
+    )
     print("| N | evidence shards | caption stage CPU-s | per image (ms) | of which join once (s) "
           "| old per-batch attach, ms/image |")  # fmt: skip
     print("|---|---|---|---|---|---|")

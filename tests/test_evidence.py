@@ -90,7 +90,7 @@ def test_local_run_joins_evidence_once_per_stage(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_ray_executor_reads_the_joined_input_and_matches_local(tmp_path):
-    from conftest import private_ray
+    from ray_helpers import private_ray
 
     from loupe.pipeline.executors.ray import run_ray
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import private_ray
+from ray_helpers import private_ray
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.executors.local import run_local

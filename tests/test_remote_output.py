@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from conftest import private_ray
+from ray_helpers import private_ray
 from typer.testing import CliRunner
 
 from loupe.pipeline.cli import app

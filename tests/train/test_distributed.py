@@ -47,7 +47,7 @@ def test_torchrun_two_processes_train(demo_runs, tmp_path):
 @pytest.mark.ray
 def test_ray_train_two_workers(demo_runs, tmp_path):
     """`loupe train --executor ray` on a private local Ray: 2 TorchTrainer workers, DDP over gloo."""
-    from conftest import private_ray
+    from ray_helpers import private_ray
     from typer.testing import CliRunner
 
     from loupe.pipeline.cli import app

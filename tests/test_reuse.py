@@ -72,10 +72,9 @@ def test_edit_late_stage_reuses_upstream_and_batch_size_recomputes_nothing(tmp_p
     # batch_size is an execution knob: same run dir, nothing recomputed, timings kept
     plan3, m3 = _run(tmp_path, demo_images, STAGES.replace("min_words: 3", "min_words: 4").replace("16", "4"))
     assert plan3.run.path == plan2.run.path
-    assert computed(m3) == []
-    assert {s: m["seconds"] for s, m in plan3.run.manifest()["stages"].items()} == {
-        s: m["seconds"] for s, m in second.items()
-    }
+    assert computed(m3) == ["export"]  # rerun_all: export is rewritten on every run
+    kept = {s: m["seconds"] for s, m in plan3.run.manifest()["stages"].items() if s != "export"}
+    assert kept == {s: m["seconds"] for s, m in second.items() if s != "export"}
 
     # remove the last stage: everything before it is reused from the first run dir
     plan4, m4 = _run(

@@ -216,16 +216,17 @@ def noop_metrics(plan: Plan, sp: StagePlan) -> dict | None:
     """This run's metrics of a stage a resume need not touch (nothing to do), or None to run it.
 
     A stage is a no-op when it completed here under the same identity, nothing earlier in this run did
-    any work, and no live sample lacks its output (``rerun_all`` stages such as export: none changed).
-    The manifest then keeps the stage's original entry, timings included, for the report."""
-    if plan.changed:
+    any work, and no live sample lacks its output. The manifest then keeps the stage's original entry,
+    timings included, for the report. ``rerun_all`` stages (export: a pure function of the whole run)
+    keep their contract and run on every run."""
+    if plan.changed or sp.cls.rerun_all:
         return None
     prev = plan.run.manifest().get("stages", {}).get(sp.id, {})
     if prev.get("status") != "complete" or plan.previous_identities.get(sp.id) != plan.identities.get(sp.id):
         return None
     live = plan.run.live_uids()
     done = plan.run.done_uids(sp.id, sp.table)
-    if not sp.cls.rerun_all and live - done:
+    if live - done:
         return None
     extra = {"reused_from": prev["reused_from"]} if prev.get("reused_from") else {}
     return stage_metrics(0, 0, 0, 0.0, len(done & live), table=sp.table, noop=True, **extra)

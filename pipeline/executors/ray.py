@@ -5,10 +5,12 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
 * **ingest** runs on the driver, exactly as in the local executor.
 * a **per-row stage** (OCR, detect, tag, embed, caption, filters) becomes one Ray Data pipeline:
   ``read_parquet`` of the ``samples`` shards holding its todo uids → a filter task keeping the todo
-  uids (the set is broadcast once with ``ray.put``) → ``map_batches`` over an actor pool
+  uids (the set is broadcast once with ``ray.put``) → ``map_batches`` over an actor pool; a stage
+  with ``evidence`` instead reads its input joined with the evidence tables once, on the driver, by
+  one streaming duckdb pass (:func:`loupe.pipeline.evidence.build_stage_input`)
   (``resources.concurrency`` actors, ``num_cpus``/``num_gpus`` each, ``batch_size`` from the stage).
   Each actor builds the stage **once** (models load in ``__init__``, the device is decided there, on
-  the worker), and for every batch attaches evidence, calls the stage (halving the batch on
+  the worker), and for every batch calls the stage (halving the batch on
   out-of-memory, :mod:`loupe.pipeline.executors.oom`) and commits its own shard with
   :meth:`RunDir.commit`. It returns one tiny row ``(n, rows, drops, ...)`` that the driver sums.
 * a **global stage** (dedup, semdedup, select, export) runs as one Ray task with the stage's

@@ -81,7 +81,7 @@ def test_worker_cpus_outside_ray_is_the_affinity():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ray_actors_get_one_torch_worker_per_assigned_cpu():
-    from conftest import private_ray
+    from ray_helpers import private_ray
 
     with private_ray(__name__) as ray:
 

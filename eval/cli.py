@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 err = Console(stderr=True)
 out = Console()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loupe.eval.model import CHAT_FORMATS, IMAGE, TokenVLM, default_device
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 CONFIG_FILE = "loupe_train.yaml"  # loupe.train.trainer.CONFIG_FILE (not imported: trainer pulls torch)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 IMAGE = "<image>"
 VICUNA_SYSTEM = (

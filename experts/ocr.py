@@ -18,7 +18,7 @@ from PIL import Image
 
 from loupe.experts.base import Expert, round_box
 from loupe.experts.weights import packaged_file, require_package, usable_cpus
-from loupe.pipeline.errors import ModelUnavailable, RecipeError
+from loupe.schemas.errors import ModelUnavailable, RecipeError
 
 # PP-OCRv6 small det/rec and the v2 direction classifier ship inside the rapidocr wheel (>= 3.x).
 RAPIDOCR_MODELS = {

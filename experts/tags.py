@@ -19,7 +19,7 @@ from PIL import Image
 
 from loupe.experts.base import Expert
 from loupe.experts.embed import EfficientNetLite0, OpenClip
-from loupe.pipeline.errors import RecipeError
+from loupe.schemas.errors import RecipeError
 
 VOCAB_DIR = Path(__file__).resolve().parent / "vocab"
 IMAGENET_TSV = VOCAB_DIR / "imagenet.tsv"

@@ -3,7 +3,7 @@
 Nothing here downloads at import or test time. A hub id is resolved from the local Hugging Face
 cache whenever the hub is offline (``HF_HUB_OFFLINE=1``, the test setting) and otherwise only
 through the owning library's own loader, which the expert calls; a missing model always ends in
-:class:`~loupe.pipeline.errors.ModelUnavailable` saying what to install or download.
+:class:`~loupe.schemas.errors.ModelUnavailable` saying what to install or download.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from loupe.pipeline.errors import ModelUnavailable
+from loupe.schemas.errors import ModelUnavailable
 
 _TRUE = {"1", "true", "yes", "on"}
 

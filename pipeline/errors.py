@@ -1,15 +1,6 @@
-"""Errors Loupe shows to people: one line that names the field, the value and what is valid."""
+"""Re-export of :mod:`loupe.schemas.errors`: the error classes live in ``schemas/`` so that ``experts/``,
+``train/`` and ``eval/`` can raise them without importing ``pipeline/`` (ARCHITECTURE.md's layering)."""
 
-from __future__ import annotations
+from loupe.schemas.errors import LoupeError, ModelUnavailable, RecipeError
 
-
-class LoupeError(Exception):
-    """An error with a message meant for the user (no traceback needed)."""
-
-
-class RecipeError(LoupeError):
-    """The recipe is malformed: wrong key, type, value or path."""
-
-
-class ModelUnavailable(LoupeError):
-    """A configured model's weights or package are not installed here."""
+__all__ = ["LoupeError", "ModelUnavailable", "RecipeError"]

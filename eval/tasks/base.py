@@ -14,7 +14,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, ClassVar
 
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5 paper, Table 7
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."

@@ -13,7 +13,7 @@ from typing import Any
 from loupe.eval.scorers.mcq import circular_rotations, mcq_accuracy, mmbench_circular_hit, seed_correct
 from loupe.eval.scorers.sqa import OPTIONS, sqa_img_accuracy
 from loupe.eval.tasks.base import LETTER_ANSWER, Sample, Task, field_of, register
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 LETTERS = "ABCDEFGHIJ"
 

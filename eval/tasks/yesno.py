@@ -9,7 +9,7 @@ from typing import Any
 from loupe.eval.scorers.mme import COGNITION, PERCEPTION, mme_scores
 from loupe.eval.scorers.pope import pope_metrics, pope_summary
 from loupe.eval.tasks.base import SHORT_ANSWER, Sample, Task, register
-from loupe.pipeline.errors import LoupeError
+from loupe.schemas.errors import LoupeError
 
 POPE_SPLITS = ("adversarial", "popular", "random")
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")

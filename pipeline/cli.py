@@ -171,6 +171,20 @@ def run(
     On a terminal it shows progress bars; when stdout is not a terminal (CI, nohup, a pipe) it prints a
     plain line per running stage every 5 s (LOUPE_PROGRESS_INTERVAL): done/total, rate, ETA, drops.
     Either way <run dir>/run.log records stage starts, progress, ends and warnings."""
+    _curate(recipe, executor, address, output, quiet, set_, limit, dry_run)
+
+
+def _curate(
+    recipe: Path,
+    executor: str | None,
+    address: str | None,
+    output: str | None,
+    quiet: bool,
+    set_: list[str],
+    limit: int | None = None,
+    dry_run: bool = False,
+):
+    """``loupe run``'s work: load, plan, execute, print the summary; returns (loaded recipe, plan)."""
     _offline_env()
     from pyarrow import ArrowException
 
@@ -242,6 +256,79 @@ def run(
     else:
         out.print(f"run dir: {plan.run.path}")
     out.print(f"report:  loupe report {plan.run.path}")
+    return loaded, plan
+
+
+@app.command()
+def pipeline(
+    recipe: Path = typer.Argument(
+        ..., help="Recipe YAML file with `train` (and optionally `eval`) sections."
+    ),
+    executor: Optional[str] = typer.Option(None, help="Executor of the curation stages: local or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray address for --executor ray, e.g. auto."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    report_too: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report at the end."),
+) -> None:
+    """Curate -> train -> evaluate in one command: `loupe run`, then split the export into training
+    records and held-out images by uid, train one model per strategy and seed of the recipe's `train`
+    section, score each on the held-out images (`eval`), plot accuracy vs steps and record it all in
+    manifest.json and the report. Rerunning resumes: curation skips finished shards, finished training
+    runs are skipped and an interrupted one continues from its last checkpoint.
+
+    Example:  loupe pipeline recipes/finedetail.yaml   (docs/replication.md)
+    """
+    import time
+
+    from loupe.pipeline.loop.runner import cpu_seconds, run_loop
+    from loupe.pipeline.recipe import load_recipe
+
+    t0, c0 = time.time(), cpu_seconds()
+    try:
+        if load_recipe(recipe, overrides=set_).recipe.train is None:
+            raise LoupeError(
+                f"{recipe}: no `train` section; `loupe pipeline` needs one (see docs/replication.md)"
+            )
+    except LoupeError as e:
+        _fail(e)
+    loaded, plan = _curate(recipe, executor, address, None, quiet, set_)
+    if plan.remote is not None:
+        _fail(LoupeError("output: `loupe pipeline` trains on a local run dir; use a local `output`"))
+    curate_s, curate_cpu = time.time() - t0, cpu_seconds() - c0
+
+    try:
+        entry = run_loop(plan.run, loaded.recipe, log=lambda m: err.print(m, highlight=False))
+    except LoupeError as e:
+        _fail(e)
+    total_s, total_cpu = time.time() - t0, cpu_seconds() - c0
+    timing = {
+        "curate_seconds": round(curate_s, 1),
+        "curate_cpu_seconds": round(curate_cpu, 1),
+        "total_seconds": round(total_s, 1),
+        "total_cpu_seconds": round(total_cpu, 1),
+    }
+    entry["timing"] = timing
+    from loupe.pipeline.loop.runner import _record
+
+    _record(plan.run, entry["loop_hash"], entry)
+    t = Table(title="held-out accuracy (final step)")
+    for c in ("strategy", "seeds", "mean %", "std", "min..max", "train s", "train CPU s"):
+        t.add_column(c, justify="left" if c == "strategy" else "right")
+    for s, v in entry["summary"].items():
+        t.add_row(
+            s, str(v["seeds"]), f"{100 * v['final_mean']:.1f}", f"{100 * v['final_std']:.1f}",
+            f"{100 * v['final_min']:.1f}..{100 * v['final_max']:.1f}", str(v["seconds"]), str(v["cpu_seconds"]),
+        )  # fmt: skip
+    err.print(t)
+    out.print(
+        f"pipeline: curation {timing['curate_seconds']} s ({timing['curate_cpu_seconds']} CPU s), "
+        f"total {timing['total_seconds']} s ({timing['total_cpu_seconds']} CPU s) this invocation"
+    )
+    out.print(f"plot:    {entry['plot']}")
+    if report_too:
+        from loupe.pipeline.report import build_report
+
+        out.print(f"report:  {build_report(plan.run)}")
 
 
 def _dry_run(plan) -> None:

@@ -304,6 +304,8 @@ def _writable(loaded: LoadedRecipe, output: str | None) -> Problem | None:
 def _sources(loaded: LoadedRecipe) -> list[Problem]:
     out = []
     for i, src in enumerate(loaded.recipe.sources):
+        if getattr(src, "path", None) is None:  # generated sources (finedetail) read no files
+            continue
         target = loaded.resolve(src.path)
         if not target.exists():
             out.append(Problem(f"sources[{i}].path", f"{src.path!r} does not exist (resolved to {target})"))

@@ -23,7 +23,12 @@ LINEAGE_VERSION = "0.1"
 #: does not import pyarrow.dataset (and pandas) through the remote module: ``validate`` stays under 1 s
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
-_SOURCE_MODELS = {"local_folder": R.LocalFolderSource, "url_list": R.UrlListSource, "smr": R.SmrSource}
+_SOURCE_MODELS = {
+    "local_folder": R.LocalFolderSource,
+    "url_list": R.UrlListSource,
+    "smr": R.SmrSource,
+    "finedetail": R.FineDetailSource,
+}
 _STAGE_MODELS = {
     m.model_fields["stage"].annotation.__args__[0]: m  # type: ignore[union-attr]
     for m in R.StageEntry.__origin__.__args__  # type: ignore[attr-defined]
@@ -240,6 +245,8 @@ def load_recipe(
     loaded = LoadedRecipe(recipe=recipe, path=p.resolve(), raw=raw)
     if check_paths:
         for i, src in enumerate(recipe.sources):
+            if getattr(src, "path", None) is None:  # generated sources (finedetail) read no files
+                continue
             target = loaded.resolve(src.path)
             if not target.exists():
                 raise RecipeError(
@@ -305,10 +312,13 @@ def stage_identities(loaded: LoadedRecipe) -> dict[str, str]:
     its own config minus :data:`EXECUTION_KNOBS` (plus its prompt template's fingerprint) and the
     identity of the stage before it, whose live samples it reads."""
     r = loaded.recipe
-    top = r.model_dump(mode="json", exclude={"stages", "executor", "description", "output", "name"})
-    prev = _sha(
-        {"ingest": top, "paths": [str(loaded.resolve(s.path)) for s in r.sources], "version": LINEAGE_VERSION}
+    # train/eval (`loupe pipeline`) come after curation: a new training budget reuses the curated run
+    top = r.model_dump(
+        mode="json", exclude={"stages", "executor", "description", "output", "name", "train", "eval"}
     )
+    # generated sources (finedetail) read no files: their type stands in for a path
+    paths = [str(loaded.resolve(s.path)) if getattr(s, "path", None) else s.type for s in r.sources]
+    prev = _sha({"ingest": top, "paths": paths, "version": LINEAGE_VERSION})
     out = {"ingest": prev}
     templates = _template_fingerprints(r)
     for sid, cfg in zip(stage_ids(r), r.stages):

@@ -85,6 +85,8 @@ def render() -> str:
         model_section(R.ExecutorConfig, "executor"),
         model_section(R.Limits, "limits"),
         model_section(R.Resources, "resources (every stage)"),
+        model_section(R.TrainStep, "train (`loupe pipeline`, docs/replication.md)"),
+        model_section(R.EvalStep, "eval (`loupe pipeline`)"),
         "## Sources\n",
     ]
     for m in typing.get_args(typing.get_args(R.SourceConfig)[0]):

@@ -26,6 +26,7 @@ SOURCES: dict[str, str] = {
     "local_folder": "loupe.pipeline.ingest.local_folder:LocalFolder",
     "url_list": "loupe.pipeline.ingest.url_list:UrlList",
     "smr": "loupe.pipeline.ingest.smr:Smr",
+    "finedetail": "loupe.pipeline.ingest.finedetail:FineDetail",
 }
 
 

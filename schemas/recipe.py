@@ -165,7 +165,37 @@ class SmrSource(Strict):
     )
 
 
-SourceConfig = Annotated[Union[LocalFolderSource, UrlListSource, SmrSource], Field(discriminator="type")]
+class FineDetailSource(Strict):
+    """Synthetic fine-detail task: square images with one small rendered string at a random place
+    (``loupe.pipeline.ingest.finedetail``). Deterministic by ``seed``; the string is the ground truth
+    in ``samples.meta`` (``answer``), used to score held-out images."""
+
+    type: Literal["finedetail"]
+    name: str = Field("finedetail", description="Source name written to samples.source.")
+    count: int = Field(400, ge=1, le=1_000_000, description="Images rendered (planted copies included).")
+    image_size: int = Field(384, ge=32, le=4096, description="Side of each square image, pixels.")
+    text_height: int = Field(
+        14, ge=4, le=512, description="Font size of the string, pixels (digit cap height is ~0.7 of it)."
+    )
+    text: Literal["digits", "words"] = Field(
+        "digits", description="digits: random digit strings of `length`; words: one of 24 four-letter words."
+    )
+    length: int = Field(3, ge=1, le=16, description="Digits per string (text: digits).")
+    exact_duplicates: float = Field(
+        0.05, ge=0, le=0.5, description="Share of images that are byte copies of an earlier one."
+    )
+    near_duplicates: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="Share of images that are an earlier one made one or two grey levels lighter.",
+    )
+    seed: int = Field(0, description="Seed of the images (image i depends only on seed and i).")
+
+
+SourceConfig = Annotated[
+    Union[LocalFolderSource, UrlListSource, SmrSource, FineDetailSource], Field(discriminator="type")
+]
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -516,6 +546,60 @@ class Limits(Strict):
         return self
 
 
+class TrainStep(Strict):
+    """After curation, ``loupe pipeline`` trains one model per strategy and seed on the run's export
+    (``loupe.pipeline.loop``). Held-out samples are chosen by uid, so the split never changes."""
+
+    backend: Literal["tiny"] = Field(
+        "tiny",
+        description="tiny: the replication's own small ViT + causal LM (loupe.pipeline.loop.tiny_vlm), "
+        "trained from scratch on CPU.",
+    )
+    strategies: list[Literal["llava", "s2", "dragonfly"]] = Field(
+        ["llava", "dragonfly"],
+        min_length=1,
+        description="Vision strategies trained, each on the same budget.",
+    )
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="One run per strategy and seed.")
+    heldout: float = Field(
+        0.25, gt=0, lt=1, description="Share of live samples held out for eval, by uid hash."
+    )
+    steps: int = Field(200, ge=1, description="Optimizer steps per run.")
+    batch_size: int = Field(8, ge=1, description="Samples per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (3% warm-up, cosine decay).")
+    eval_every: int = Field(
+        50, ge=1, description="Held-out accuracy every N steps (and at step 0 and the end)."
+    )
+    save_every: int = Field(25, ge=1, description="Checkpoint every N steps: a killed run resumes from it.")
+    base_resolution: int = Field(64, ge=8, description="Crop side the vision tower sees (R).")
+    patch: int = Field(8, ge=1, description="ViT patch side; R / patch is the token grid.")
+    vit_width: int = Field(32, ge=8, description="ViT width.")
+    lm_width: int = Field(64, ge=8, description="Causal LM width.")
+    layers: int = Field(2, ge=1, description="Layers of the ViT and of the LM.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Runs trained at once, one process each; null = the CPUs this process may use.",
+    )
+    threads: int = Field(
+        1, ge=1, description="torch threads per run (1: on a shared or small CPU, parallel runs waste less)."
+    )
+
+
+class EvalStep(Strict):
+    """After training, score each checkpoint on the held-out images against the source's ground truth."""
+
+    scorer: Literal["vqa_accuracy"] = Field(
+        "vqa_accuracy",
+        description="loupe.eval.scorers.vqa_accuracy (EvalAI normalisation, min(1, matches/3)).",
+    )
+    question: str = Field(
+        "What text appears in the image?", description="Question asked about each held-out image."
+    )
+    answer_field: str = Field("answer", description="Key of samples.meta holding the ground-truth answer.")
+    max_new_tokens: int = Field(8, ge=1, description="Greedy decoding budget.")
+
+
 class Recipe(Strict):
     """A Loupe recipe."""
 
@@ -532,6 +616,12 @@ class Recipe(Strict):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Default executor.")
     seed: int = Field(0, description="Global seed.")
     limits: Limits = Field(default_factory=Limits, description="Pixel budgets per image and per batch.")
+    train: TrainStep | None = Field(
+        None, description="Training after curation (`loupe pipeline`); not part of the run's lineage hash."
+    )
+    eval: EvalStep | None = Field(
+        None, description="Evaluation after training (`loupe pipeline`); not part of the lineage hash."
+    )
 
     @field_validator("stages")
     @classmethod

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.loop.report import copy_pipeline_plots
 from loupe.pipeline.query import connect
 from loupe.pipeline.report.data import ReportData, read_image_bytes, read_report_data, report_path
 from loupe.pipeline.report.extras import compare_captions
@@ -92,10 +93,11 @@ def _write_images(con, d: ReportData, out: Path) -> Images:
     return Images(thumbs, overlays, cells, sprites)
 
 
-def _write_plots(d: ReportData, out: Path) -> dict[str, str | None]:
+def _write_plots(d: ReportData, out: Path) -> dict:
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    plots: dict[str, str | None] = {"funnel": None, "tokens": None, "words": None}
+    plots: dict = {"funnel": None, "tokens": None, "words": None}
+    plots["pipeline"] = copy_pipeline_plots(d.manifest, plots_dir)
     if d.funnel:
         funnel_plot([f.stage for f in d.funnel], [f.survivors for f in d.funnel], plots_dir / "funnel.png")
         plots["funnel"] = "plots/funnel.png"

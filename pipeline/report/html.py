@@ -16,6 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from loupe.pipeline.loop.report import pipeline_section
 from loupe.pipeline.report.data import ReportData
 from loupe.pipeline.report.extras import REPETITIVE, cluster_colour
 
@@ -139,6 +140,7 @@ def render_page(
             compare_path=compare_path,
             token_kv=token_kv,
             quality_rows=quality_rows,
+            pipeline_html=pipeline_section(m, plots.get("pipeline") or {}),
             shown=shown,
             ranges=RANGES,
             version=m.get("loupe_version", ""),

@@ -1,0 +1,1 @@
+"""Curate -> train -> evaluate: `loupe pipeline` (runner), the split, the replication's tiny trainer."""

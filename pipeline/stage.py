@@ -27,6 +27,9 @@ class StageContext:
     recipe_dir: Path
     stage_name: str
     seed: int = 0
+    #: the Ray cluster (GCS address) the run executes on, ``None`` under the local executor;
+    #: sources that distribute their own work (url_list: img2dataset's Ray distributor) join it
+    ray_address: str | None = None
 
     def resolve(self, path: str) -> Path:
         """A recipe path, relative to the recipe file."""

@@ -55,6 +55,8 @@ class Plan:
     #: ``--limit N``: ingest stops once the run holds N samples (not part of the lineage: dropping
     #: ``--limit`` later carries on in the same run dir)
     limit: int | None = None
+    #: the Ray cluster's GCS address under ``--executor ray`` (set by the executor once connected)
+    ray_address: str | None = None
 
     @property
     def location(self) -> str:
@@ -82,7 +84,11 @@ class Plan:
         # every process that builds a stage (driver, Ray actor, Ray task) applies the recipe's budget
         set_pixel_budget(self.loaded.recipe.limits.max_image_pixels)
         return StageContext(
-            run=self.run, recipe_dir=self.loaded.dir, stage_name=stage_id, seed=self.loaded.recipe.seed
+            run=self.run,
+            recipe_dir=self.loaded.dir,
+            stage_name=stage_id,
+            seed=self.loaded.recipe.seed,
+            ray_address=self.ray_address,
         )
 
     def sources(self):

@@ -2,7 +2,9 @@
 
 How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]``):
 
-* **ingest** runs on the driver, exactly as in the local executor.
+* **ingest** runs on the driver, exactly as in the local executor, except that a ``url_list``
+  source's downloads run as img2dataset's own Ray tasks (``distributor="ray"``) spread over the
+  cluster's nodes, each worker with the SSRF guard installed (:mod:`loupe.pipeline.ingest.img2dataset_worker`).
 * a **per-row stage** (OCR, detect, tag, embed, caption, filters) becomes one Ray Data pipeline:
   ``read_parquet`` of the ``samples`` shards holding its todo uids → a filter task keeping the todo
   uids (the set is broadcast once with ``ray.put``) → ``map_batches`` over an actor pool; a stage
@@ -430,6 +432,8 @@ def run_ray(
             # Own the run dir before open_run cleans up orphans: a stopped job's late workers must not
             # commit into the state this run is about to read.
             plan = fenced(plan)
+            # url_list ingest hands its downloads to img2dataset's Ray distributor on this cluster
+            plan.ray_address = ray.get_runtime_context().gcs_address
             open_run(plan, "ray")
             with _progress(console, quiet) as progress:
                 metrics["ingest"] = run_ingest(plan, progress)

@@ -9,6 +9,13 @@ Run as ``python -m`` this module *is* ``__main__``, so the children import it (a
 That re-import is also how the SSRF guard reaches the download processes: when ``LOUPE_SSRF_GUARD=1``
 the module's top level installs :class:`loupe.pipeline.ingest.ssrf.GuardHandler` as the global
 urllib opener, in this process and in every spawned child, so redirect hops are checked too.
+Under ``--executor ray`` (``LOUPE_RAY_ADDRESS`` set, ``distributor: ray`` in ARGS.json) this process
+joins the run's Ray cluster as a job of its own and img2dataset submits one Ray task per shard
+(``img2dataset/distributor.py``, ``ray_distributor``). Ray workers never import this module, so the
+guard reaches them through the job's ``runtime_env``: ``worker_process_setup_hook`` runs
+:func:`loupe.pipeline.ingest.ssrf.install_guard` in every worker process of the job before it runs a
+task. When this process dies, Ray ends its job and so the job's tasks.
+
 A crash here (even a segfault in an image codec) cannot take the ``loupe`` process with it.
 
 The other way round, a killed ``loupe`` (even ``kill -9``) takes its downloads with it: the same
@@ -26,6 +33,8 @@ import sys
 GUARD_ENV = "LOUPE_SSRF_GUARD"
 #: pid of the process expected to be our parent: ``loupe`` for the worker, the worker for its children
 PARENT_ENV = "LOUPE_PARENT_PID"
+#: the Ray cluster (GCS address) to distribute the downloads on; unset: multiprocessing
+RAY_ENV = "LOUPE_RAY_ADDRESS"
 PR_SET_PDEATHSIG = 1
 
 
@@ -57,6 +66,17 @@ if os.environ.get(GUARD_ENV) == "1":
     install_guard()
 
 
+def join_ray(address: str, guard: bool) -> None:
+    """Join the run's Ray cluster as a job whose workers get the SSRF guard and an offline environment."""
+    import ray
+
+    env_vars = {k: os.environ[k] for k in ("WANDB_MODE", "NO_ALBUMENTATIONS_UPDATE")}
+    runtime_env: dict = {"env_vars": env_vars}
+    if guard:
+        runtime_env["worker_process_setup_hook"] = "loupe.pipeline.ingest.ssrf.install_guard"
+    ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(
@@ -67,6 +87,8 @@ def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         kwargs = json.load(f)
     os.environ[PARENT_ENV] = str(os.getpid())  # spawned download processes die with this one
+    if kwargs.get("distributor") == "ray":
+        join_ray(os.environ[RAY_ENV], guard=os.environ.get(GUARD_ENV) == "1")
     import img2dataset
 
     img2dataset.download(**kwargs)

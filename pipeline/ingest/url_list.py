@@ -14,6 +14,9 @@ Flow for one run (``config`` is a :class:`loupe.schemas.recipe.UrlListSource`):
    ``status == success`` rows are decoded (a truncated or non-image body becomes a
    ``decode_error`` drop) and become samples; every other row becomes a drop whose ``detail`` is
    img2dataset's ``error_message``. A URL img2dataset never reported is a ``missing_output`` drop.
+   Under ``--executor ray`` the child joins the run's Ray cluster and img2dataset distributes its
+   shards as Ray tasks over the nodes (``distributor="ray"``); the output folder is in the run dir,
+   which every node sees.
 
 A URL that fails again on a retry keeps its first drop row (one row per failed URL); a URL that
 succeeds on a retry gets a sample, which supersedes its drop (``RunDir.dropped_uids``).
@@ -42,7 +45,7 @@ import pyarrow.parquet as pq
 from loupe.pipeline.errors import LoupeError, ModelUnavailable, RecipeError
 from loupe.pipeline.images import DecodeError, decode
 from loupe.pipeline.ingest import ssrf
-from loupe.pipeline.ingest.img2dataset_worker import GUARD_ENV, PARENT_ENV
+from loupe.pipeline.ingest.img2dataset_worker import GUARD_ENV, PARENT_ENV, RAY_ENV
 from loupe.pipeline.stage import Source, StageOutput
 from loupe.schemas.tables import SAMPLES, drops_table
 from loupe.schemas.uid import sha256_hex, url_uid
@@ -277,7 +280,9 @@ class UrlList(Source):
             "extract_exif": False,
             "compute_hash": "sha256",
             "enable_wandb": False,
-            "distributor": "multiprocessing",
+            # under --executor ray each img2dataset shard is one Ray task on the run's cluster
+            # (img2dataset/distributor.py ``ray_distributor``); locally, spawned processes
+            "distributor": "ray" if self.ctx.ray_address else "multiprocessing",
         }
 
     def _download(self, table: pa.Table, retry: set[str]) -> Iterator[StageOutput]:
@@ -307,6 +312,8 @@ class UrlList(Source):
         env = dict(os.environ, WANDB_MODE="disabled", NO_ALBUMENTATIONS_UPDATE="1")
         env[GUARD_ENV] = "0" if cfg.allow_private_urls else "1"
         env[PARENT_ENV] = str(os.getpid())
+        if self.ctx.ray_address:
+            env[RAY_ENV] = self.ctx.ray_address
         log_path = scratch / "img2dataset.log"
         expected = set(uids)
         reported: set[str] = set()

@@ -102,8 +102,18 @@ def spherical_kmeans(
     cent = _as_unit(km.centroids)
     index = faiss.IndexFlatIP(d)
     index.add(cent)
-    sim, lab = index.search(x, 1)
-    return KMeansResult(cent, lab[:, 0].astype(np.int64), sim[:, 0].astype(np.float32), gpu)
+    _, lab = index.search(x, 1)
+    labels = lab[:, 0].astype(np.int64)
+    return KMeansResult(cent, labels, centroid_similarity(x, cent, labels), gpu)
+
+
+def centroid_similarity(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cosine of each unit row to its own centroid, row by row (``einsum``, no BLAS blocking), so a
+    row's value does not depend on which other rows share its batch: the Ray executor assigns shard
+    by shard and must order cluster members exactly as the local pass does."""
+    if len(x) == 0:
+        return np.zeros(0, np.float32)
+    return np.einsum("nd,nd->n", x, centroids[labels]).astype(np.float32)
 
 
 def _cluster_order(members: np.ndarray, sim: np.ndarray, keep: Keep, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""SemDeDup on Ray Data (k-means on a sample, distributed assignment, one task per cluster) gives the
+local pass's kept sets exactly, and the release's all-pairs reference's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from ray_helpers import private_ray
+
+from loupe.pipeline.dedup.semdedup import semdedup_clusters, semdedup_naive, spherical_kmeans
+from loupe.pipeline.dedup.semdedup_ray import sample_indices, semdedup_ray
+
+EPS = [0.02, 0.1, 0.2]
+K = 8
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def planted() -> np.ndarray:
+    """2300 vectors in 64-d around 8 topics + 300 planted near-duplicates; rows scaled at random
+    (the rule normalises). n > 8 * 256, so k-means trains on a sample."""
+    rng = np.random.default_rng(3)
+    topics = unit(rng.standard_normal((K, 64)))
+    base = unit(topics[rng.integers(0, K, 2000)] + 1.2 * unit(rng.standard_normal((2000, 64))))
+    src = rng.integers(0, 2000, 300)
+    noise = rng.standard_normal((300, 64)) * rng.uniform(0.05, 0.3, (300, 1)) / 8
+    x = np.vstack([base, base[src] + noise]) * rng.uniform(0.5, 3, (2300, 1))
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ray_results(planted):
+    x = planted
+    n = len(x)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), x.shape[1])
+    table = pa.table({"idx": pa.array(np.arange(n), pa.int64()), "vector": vec})
+    shards = [table.slice(a, 577) for a in range(0, n, 577)]  # uneven shards; the last is small
+    out = {}
+    with private_ray(__name__) as ray:
+        for keep in ("hard", "easy"):
+            ds = ray.data.from_arrow(shards)
+            res, cent = semdedup_ray(
+                ds,
+                n,
+                K,
+                EPS,
+                keep=keep,
+                block_size=64,
+                kmeans_iters=10,
+                seed=5,
+                use_gpu="no",
+                num_partitions=4,
+            )
+            out[keep] = (pa.concat_tables(ray.get(res.to_arrow_refs())), cent)
+    return out
+
+
+def _by_idx(t: pa.Table, n: int) -> dict[str, np.ndarray]:
+    idx = t["idx"].to_numpy()
+    assert np.array_equal(np.sort(idx), np.arange(n))  # every vector once: nothing lost, nothing twice
+    o = np.argsort(idx)
+    removed = np.array(t["removed"].to_pylist(), bool)[o]
+    return {
+        "cluster": t["cluster"].to_numpy()[o],
+        "similarity": t["similarity"].to_numpy()[o],
+        "max_similarity": t["max_similarity"].to_numpy()[o],
+        "duplicate_of": t["duplicate_of"].to_numpy()[o],
+        **{e: removed[:, i] for i, e in enumerate(EPS)},
+    }
+
+
+def test_sample_is_faiss_own(planted):
+    """Training faiss on our sample, in our order, gives the centroids faiss gets sampling itself."""
+    import faiss
+
+    x = unit(planted)
+    km = faiss.Kmeans(64, K, niter=5, seed=5, spherical=True, max_points_per_centroid=256)
+    km.train(x)
+    s = sample_indices(len(x), K, 5, 256)
+    assert len(s) == K * 256 and len(np.unique(s)) == len(s)
+    km2 = faiss.Kmeans(64, K, niter=5, seed=5, spherical=True, max_points_per_centroid=256)
+    km2.train(x[s])
+    assert np.array_equal(km.centroids, km2.centroids)
+
+
+@pytest.mark.parametrize("keep", ["hard", "easy"])
+def test_ray_equals_local_and_all_pairs(planted, ray_results, keep):
+    x = planted
+    table, cent = ray_results[keep]
+    got = _by_idx(table, len(x))
+    km = spherical_kmeans(x, K, 10, 5, "no", 256)
+    assert np.array_equal(cent, km.centroids)
+    assert np.array_equal(got["cluster"], km.labels)
+    assert np.array_equal(got["similarity"], km.similarity)
+    local = semdedup_clusters(x, km.labels, km.similarity, EPS, keep, block_size=64)
+    naive = semdedup_naive(x, EPS, km.labels, km.similarity, keep=keep)
+    for e in EPS:
+        assert np.array_equal(got[e], local.removed[e]), e
+        assert np.array_equal(got[e], naive[e]), e
+    assert np.array_equal(got["duplicate_of"], local.duplicate_of)
+    assert np.array_equal(got["max_similarity"], local.max_similarity)
+    assert 0 < (~got[0.2]).sum() < len(x) - 100  # the planted copies go; the rule did something
+
+
+def test_random_order_refused():
+    with pytest.raises(ValueError, match="keep: random"):
+        semdedup_ray(None, 10, 2, EPS, keep="random")

@@ -1,0 +1,115 @@
+"""SemDeDup on Ray Data: the driver's peak RSS and the largest Ray worker's, vs N (issue 15).
+
+    .venv/bin/python benchmarks/bench_semdedup_ray.py --n 250000 1000000 --cluster-size 2500
+
+Vectors (512-d, unit, around 200 topics, 1 % planted near-copies of a row in the same block) are
+generated inside Ray tasks block by block, so the driver never holds them; the result is streamed
+(`iter_batches`) and only counted. k = N / ``--cluster-size``, so the mean cluster is the same at
+every N and a task's memory should stay flat while N grows. Worker RSS is sampled every 0.2 s over
+every ``ray::`` process on this machine (psutil); the driver's is its own ``ru_maxrss``. Each N runs in
+a fresh subprocess so the driver peaks are not shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+D = 512
+BLOCK = 20_000
+
+
+def _gen(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    idx = batch["id"].astype(np.int64)
+    rng = np.random.default_rng(int(idx[0]) if len(idx) else 0)
+    topics = np.random.default_rng(0).standard_normal((200, D)).astype(np.float32)
+    x = topics[rng.integers(0, 200, len(idx))] + rng.standard_normal((len(idx), D)).astype(np.float32) * (
+        1.3 / np.sqrt(D)
+    )
+    n_dup = len(idx) // 100
+    if n_dup:
+        src = rng.integers(0, len(idx) - n_dup, n_dup)
+        x[-n_dup:] = x[src] + rng.standard_normal((n_dup, D)).astype(np.float32) * (0.2 / np.sqrt(D))
+    return {"idx": idx, "vector": x}
+
+
+def _watch(peaks: dict[int, int], stop: threading.Event) -> None:
+    import psutil
+
+    while not stop.is_set():
+        for p in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::"):
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        stop.wait(0.2)
+
+
+def one(n: int, cluster_size: int, iters: int, cpus: int) -> dict:
+    import ray
+
+    from loupe.pipeline.dedup.semdedup_ray import semdedup_ray
+
+    ray.init(
+        address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    peaks: dict[int, int] = {}
+    stop = threading.Event()
+    th = threading.Thread(target=_watch, args=(peaks, stop), daemon=True)
+    th.start()
+    t0 = time.time()
+    k = max(1, n // cluster_size)
+    ds = ray.data.range(n, override_num_blocks=max(1, n // BLOCK)).map_batches(_gen, batch_format="numpy")
+    out, _ = semdedup_ray(ds, n, k, [0.05], kmeans_iters=iters, seed=1234, use_gpu="auto")
+    rows = removed = largest = 0
+    for b in out.iter_batches(batch_size=None, batch_format="numpy"):
+        rows += len(b["idx"])
+        removed += int(np.asarray(b["removed"])[:, 0].sum())
+    sizes = out.groupby("cluster").count().to_pandas()
+    largest = int(sizes.iloc[:, -1].max())
+    stop.set()
+    th.join()
+    ray.shutdown()
+    return {
+        "n": n,
+        "k": k,
+        "rows": rows,
+        "removed_eps_0.05": removed,
+        "largest_cluster": largest,
+        "seconds": round(time.time() - t0, 1),
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "largest_worker_peak_rss_mb": round(max(peaks.values(), default=0) / 2**20, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[250_000, 1_000_000])
+    ap.add_argument("--cluster-size", type=int, default=2500, help="mean cluster size: k = n / this")
+    ap.add_argument("--iters", type=int, default=20, help="k-means iterations")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(one(a.n[0], a.cluster_size, a.iters, a.cpus)))
+        return
+    for n in a.n:
+        cmd = [sys.executable, __file__, "--one", "--n", str(n), "--cluster-size", str(a.cluster_size)]
+        cmd += ["--iters", str(a.iters), "--cpus", str(a.cpus)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        print(r.stdout.strip().splitlines()[-1] if r.returncode == 0 else r.stderr[-2000:], flush=True)
+
+
+if __name__ == "__main__":
+    main()

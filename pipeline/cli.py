@@ -513,7 +513,10 @@ def _resolve_train_data(path: str) -> str:
     if (
         p.is_dir()
         and not (p / "manifest.json").exists()
-        and not any((p / f).exists() for f in ("conversations.jsonl", "llava.json", "dragonfly"))
+        and not any(
+            (p / f).exists()
+            for f in ("conversations.jsonl", "conversations.index.json", "llava.json", "dragonfly")
+        )
         and not any(p.glob("*.parquet"))
     ):
         from loupe.pipeline.query import resolve_run

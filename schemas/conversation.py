@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -45,3 +48,31 @@ class ConversationRecord(BaseModel):
 
     def to_json_dict(self) -> dict:
         return self.model_dump(by_alias=True, exclude_none=True)
+
+
+#: the single-file export (a small run, or ``export.shard_size`` unset)
+CONVERSATIONS = "conversations.jsonl"
+#: the sharded export's index: ``{"format", "records", "shards": [{"path", "records"}]}``, paths
+#: relative to the index's folder (``conversations-00000.jsonl`` ...)
+CONVERSATIONS_INDEX = "conversations.index.json"
+
+
+def shard_name(i: int) -> str:
+    return f"conversations-{i:05d}.jsonl"
+
+
+def conversation_files(path: str | os.PathLike) -> list[Path]:
+    """The JSONL files of a llama3_jsonl export: ``path`` itself (a ``.jsonl``), or the shards an index
+    file lists, in order. A missing shard or a malformed index is a ``ValueError`` naming the file."""
+    p = Path(path)
+    if not p.name.endswith(".index.json"):
+        return [p]
+    try:
+        index = json.loads(p.read_text(encoding="utf-8"))
+        shards = [p.parent / s["path"] for s in index["shards"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{p}: not a conversations index ({e})") from None
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise ValueError(f"{p}: lists shard {missing[0]} which does not exist (an interrupted export?)")
+    return shards

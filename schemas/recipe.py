@@ -459,6 +459,13 @@ class ExportConfig(StageConfig):
         "--together_hq_datasets (its loader keeps files whose name starts with it).",
     )
     dragonfly_rows_per_file: int = Field(50_000, ge=1, description="Rows per Dragonfly parquet part.")
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description="Records per llama3_jsonl shard: a run with more records than this writes "
+        "conversations-00000.jsonl, ... plus conversations.index.json (which loupe train reads) instead "
+        "of one conversations.jsonl; unset (default): always one file.",
+    )
     image_dir: SubPath = Field(
         "images",
         description="Folder (relative, under export/) the images are written to; no '..' or '/' prefix.",

@@ -4,6 +4,8 @@ Formats (``data.format``; ``auto`` picks by name):
 
 * ``llama3_jsonl``      - ``export/conversations.jsonl``: ``{"image_url", "conversations", "source", "uid"}``
   (schemas/conversation.py), ``image_url`` relative to the file; null/empty for a text-only sample;
+  a sharded export (``export.shard_size``) is read through its ``conversations.index.json``, shard
+  by shard in the index's order;
 * ``llava_json``        - ``export/llava.json``: ``[{"id", "image", "conversations"}]``, ``<image>`` in
   turn 0 and no ``image`` key for text-only samples (LLaVA's own convention);
 * ``dragonfly_parquet`` - Dragonfly's loader format (togethercomputer/Dragonfly
@@ -29,7 +31,12 @@ from urllib.parse import unquote, urlsplit
 from PIL import Image
 from pydantic import ValidationError
 
-from loupe.schemas.conversation import ConversationRecord
+from loupe.schemas.conversation import (
+    CONVERSATIONS,
+    CONVERSATIONS_INDEX,
+    ConversationRecord,
+    conversation_files,
+)
 
 _LLAMA3_MSG = re.compile(
     r"<\|start_header_id\|>(system|user|assistant)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.DOTALL
@@ -76,7 +83,7 @@ def locate(path: str | Path, fmt: str = "auto", plain: bool = False) -> tuple[Pa
         if run_dir is None and (p.parent / "manifest.json").exists():
             run_dir = p.parent
         candidates = {
-            "llama3_jsonl": [p / "conversations.jsonl"],
+            "llama3_jsonl": [p / CONVERSATIONS, p / CONVERSATIONS_INDEX],
             "llava_json": [p / "llava.json"],
             "llava_plain_json": [p / "llava_plain.json"],
             "dragonfly_parquet": [p / "dragonfly", *sorted(p.glob("dragonfly*.parquet"))],
@@ -86,7 +93,8 @@ def locate(path: str | Path, fmt: str = "auto", plain: bool = False) -> tuple[Pa
             order.insert(0, "llava_plain_json")
         if (
             fmt == "auto"
-            and not (p / "conversations.jsonl").exists()
+            and not (p / CONVERSATIONS).exists()
+            and not (p / CONVERSATIONS_INDEX).exists()
             and (any(p.glob("*.parquet")) and not (p / "llava.json").exists())
         ):
             candidates["dragonfly_parquet"].append(p)
@@ -103,7 +111,7 @@ def locate(path: str | Path, fmt: str = "auto", plain: bool = False) -> tuple[Pa
         name = p.name.lower()
         fmt = (
             "llama3_jsonl"
-            if name.endswith(".jsonl")
+            if name.endswith((".jsonl", ".index.json"))
             else "llava_json"
             if name.endswith(".json")
             else "dragonfly_parquet"
@@ -138,20 +146,21 @@ def parse_llama3(text: str) -> list[dict[str, str]]:
 def _records(path: Path, fmt: str, out: SampleSet):
     """Yield (where, uid, source, image_url, turns) per record; unparseable records are skipped."""
     if fmt == "llama3_jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path.name}:{n}"
-                try:
-                    raw = json.loads(line)
-                    rec = ConversationRecord.model_validate(raw)
-                except (json.JSONDecodeError, ValidationError) as e:
-                    msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else "not JSON"
-                    out.skip(_reason(msg), f"{where}: {msg}")
-                    continue
-                turns = [t.model_dump(by_alias=True) for t in rec.conversations]
-                yield where, rec.uid or f"{path.stem}:{n}", rec.source, rec.image_url, turns
+        for part in conversation_files(path):
+            with part.open(encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{part.name}:{n}"
+                    try:
+                        raw = json.loads(line)
+                        rec = ConversationRecord.model_validate(raw)
+                    except (json.JSONDecodeError, ValidationError) as e:
+                        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else "not JSON"
+                        out.skip(_reason(msg), f"{where}: {msg}")
+                        continue
+                    turns = [t.model_dump(by_alias=True) for t in rec.conversations]
+                    yield where, rec.uid or f"{part.stem}:{n}", rec.source, rec.image_url, turns
     elif fmt == "llava_json":
         try:
             items = json.loads(path.read_text(encoding="utf-8"))

@@ -4,6 +4,8 @@ Writes (each file to a temp name, then renamed, so a reader never sees half a fi
 
 * ``export/conversations.jsonl`` - Loupe's canonical record (read by ``loupe.train``), one per line:
   ``{"image_url", "conversations": [{"from", "value"}], "source", "uid"}`` (format ``llama3_jsonl``);
+  with ``shard_size`` set and more records than that, ``export/conversations-00000.jsonl`` ... plus
+  ``export/conversations.index.json`` listing them (``loupe.schemas.conversation.conversation_files``);
 * ``export/dragonfly/<prefix>_<n>.parquet`` - what Dragonfly's loader reads (``dragonfly_parquet``):
   ``image_url``, ``source`` and ``conversations`` as ONE Llama-3 string without BOS;
 * ``export/llava.json``          - ``[{"id", "image", "conversations"}]`` with ``<image>`` in turn 0,
@@ -39,7 +41,12 @@ from loupe.pipeline.export.conversations import build_turns, with_image_token
 from loupe.pipeline.export.formats import llava_plain_records, mg_llava_boxes, write_dragonfly_parquet
 from loupe.pipeline.rundir import atomic_write_text
 from loupe.pipeline.stage import Stage, StageOutput
-from loupe.schemas.conversation import ConversationRecord
+from loupe.schemas.conversation import (
+    CONVERSATIONS,
+    CONVERSATIONS_INDEX,
+    ConversationRecord,
+    shard_name,
+)
 from loupe.schemas.llama3 import llama3_render
 from loupe.schemas.tables import drops_table
 
@@ -68,6 +75,36 @@ def image_ext(data: bytes) -> str:
         if data.startswith(magic):
             return ext
     return ".img"
+
+
+def write_conversations(records: list[dict], out: Path, shard_size: int | None) -> int:
+    """``out/conversations.jsonl``, or (more than ``shard_size`` records) shards plus an index.
+
+    Readers go by the index when there is one, so it is written after its shards and removed before
+    a single file replaces them; stale shards of an earlier, larger export are removed last.
+    Returns the number of JSONL files written."""
+
+    def lines(rs: list[dict]) -> str:
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
+
+    old = set(out.glob("conversations-*.jsonl"))
+    if shard_size is None or len(records) <= shard_size:
+        atomic_write_text(out / CONVERSATIONS, lines(records))
+        (out / CONVERSATIONS_INDEX).unlink(missing_ok=True)
+        for f in old:
+            f.unlink()
+        return 1
+    shards = []
+    for i, start in enumerate(range(0, len(records), shard_size)):
+        chunk = records[start : start + shard_size]
+        atomic_write_text(out / shard_name(i), lines(chunk))
+        shards.append({"path": shard_name(i), "records": len(chunk)})
+    index = {"format": "llama3_jsonl", "records": len(records), "shards": shards}
+    atomic_write_text(out / CONVERSATIONS_INDEX, json.dumps(index, indent=1))
+    (out / CONVERSATIONS).unlink(missing_ok=True)
+    for f in old - {out / s["path"] for s in shards}:
+        f.unlink()
+    return len(shards)
 
 
 class TokenCounter:
@@ -201,10 +238,7 @@ class Export(Stage):
             atomic_write_text(self.dir / "mg_llava_boxes.json", json.dumps(boxes, ensure_ascii=False))
             extra["mg_llava_boxes"] = sum(len(b["boxes"]) for b in boxes)
         if "llama3_jsonl" in fmts:
-            atomic_write_text(
-                self.dir / "conversations.jsonl",
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-            )
+            extra["conversation_files"] = write_conversations(records, self.dir, self.config.shard_size)
         if "llava_json" in fmts:
             llava = [
                 {

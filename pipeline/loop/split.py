@@ -23,6 +23,7 @@ import pyarrow.dataset as pads
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.export.stage import image_ext
 from loupe.pipeline.rundir import RunDir, atomic_write_text
+from loupe.schemas.conversation import CONVERSATIONS, CONVERSATIONS_INDEX, conversation_files
 
 
 def heldout_fraction(uid: str) -> float:
@@ -42,7 +43,9 @@ def _first_qa(turns: list[dict[str, str]]) -> tuple[str, str] | None:
 
 def make_split(run: RunDir, out: Path, heldout: float, question: str, answer_field: str) -> dict[str, Any]:
     """Write ``out/train.jsonl``, ``out/heldout.jsonl`` (+ held-out images) and return the counts."""
-    export = run.path / "export" / "conversations.jsonl"
+    export = run.path / "export" / CONVERSATIONS
+    if not export.is_file() and (export.parent / CONVERSATIONS_INDEX).is_file():
+        export = export.parent / CONVERSATIONS_INDEX  # a sharded export
     if not export.is_file():
         raise LoupeError(
             f"{export}: no export to train on; the recipe needs an `export` stage with format llama3_jsonl"
@@ -76,7 +79,8 @@ def make_split(run: RunDir, out: Path, heldout: float, question: str, answer_fie
         for u in held
     ]  # fmt: skip
     train_rows, ocr_right = [], 0
-    for line in export.read_text().splitlines():
+    lines = [ln for f in conversation_files(export) for ln in f.read_text().splitlines() if ln.strip()]
+    for line in lines:
         rec = json.loads(line)
         if is_heldout(rec["uid"], heldout):
             continue

@@ -23,8 +23,20 @@ def _png(color) -> bytes:
 
 def _sample(uid: str, conv, source: str = "chartqa") -> dict:
     data = _png((len(uid) * 20, 10, 10))
-    return {"uid": uid, "source": source, "source_id": uid, "url": None, "image_path": None, "image": data,
-            "width": 8, "height": 6, "sha256": None, "alt_text": None, "conversations": conv, "meta": None}
+    return {
+        "uid": uid,
+        "source": source,
+        "source_id": uid,
+        "url": None,
+        "image_path": None,
+        "image": data,
+        "width": 8,
+        "height": 6,
+        "sha256": None,
+        "alt_text": None,
+        "conversations": conv,
+        "meta": None,
+    }
 
 
 def test_export_validates_records(tmp_path):
@@ -37,13 +49,26 @@ def test_export_validates_records(tmp_path):
     ctx = StageContext(run=run, recipe_dir=tmp_path, stage_name="export")
     stage = Export(ExportConfig(stage="export", tasks=["caption", "source_qa"]), ctx)
     batch = pa.Table.from_pylist(
-        [{"uid": s["uid"], "source": s["source"], "source_id": s["source_id"], "conversations": s["conversations"],
-          "captions": [], "ocr": [], "detect": []} for s in samples]
+        [
+            {
+                "uid": s["uid"],
+                "source": s["source"],
+                "source_id": s["source_id"],
+                "conversations": s["conversations"],
+                "captions": [],
+                "ocr": [],
+                "detect": [],
+            }
+            for s in samples
+        ]
     )
     out = stage(batch)
     drops = {d["uid"]: (d["reason"], d["detail"]) for d in out.drops.to_pylist()}
     assert drops == {
-        "b22": ("invalid_record", "Value error, turn 1 is from 'human', expected 'gpt' (turns must alternate)"),
+        "b22": (
+            "invalid_record",
+            "Value error, turn 1 is from 'human', expected 'gpt' (turns must alternate)",
+        ),
         "c333": ("invalid_record", "Value error, turn value is empty"),
         "d4444": ("no_conversation", "no caption, OCR, boxes or source Q&A to export"),
     }
@@ -53,8 +78,16 @@ def test_export_validates_records(tmp_path):
     ]
     assert (run.path / "export" / "images" / "a1.png").read_bytes() == samples[0]["image"]
     llava = json.loads((run.path / "export" / "llava.json").read_text())
-    assert llava == [{"id": "a1", "image": "images/a1.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is the highest value?"}, {"from": "gpt", "value": "42"}]}]
+    assert llava == [
+        {
+            "id": "a1",
+            "image": "images/a1.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is the highest value?"},
+                {"from": "gpt", "value": "42"},
+            ],
+        }
+    ]
     stats = json.loads((run.path / "export" / "stats.json").read_text())
     assert stats["records"] == 1 and stats["by_source"] == {"chartqa": 1} and stats["turns"] == 2
     assert out.metrics == {"records": 1}
@@ -65,3 +98,38 @@ def test_image_ext_sniffs_bytes():
     assert image_ext(b"\xff\xd8\xff\xe0rest") == ".jpg"
     assert image_ext(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == ".webp"
     assert image_ext(b"nothing") == ".img"
+
+
+def test_export_shards_past_shard_size_with_an_index(tmp_path):
+    good = [{"from": "human", "value": "What is the highest value?"}, {"from": "gpt", "value": "42"}]
+    samples = [_sample(u, good) for u in ("a", "bb", "ccc")]
+    run = RunDir(tmp_path / "run")
+    run.write_table("samples", pa.Table.from_pylist(samples, schema=SAMPLES), stage="ingest")
+    ctx = StageContext(run=run, recipe_dir=tmp_path, stage_name="export")
+    batch = pa.Table.from_pylist(
+        [
+            {
+                "uid": s["uid"],
+                "source": s["source"],
+                "source_id": s["source_id"],
+                "conversations": s["conversations"],
+                "captions": [],
+                "ocr": [],
+                "detect": [],
+            }
+            for s in samples
+        ]
+    )
+    Export(ExportConfig(stage="export", tasks=["source_qa"], shard_size=2), ctx)(batch)
+    ex = run.path / "export"
+    index = json.loads((ex / "conversations.index.json").read_text())
+    assert [(s["path"], s["records"]) for s in index["shards"]] == [
+        ("conversations-00000.jsonl", 2),
+        ("conversations-00001.jsonl", 1),
+    ]
+    uids = [json.loads(x)["uid"] for s in index["shards"] for x in (ex / s["path"]).read_text().splitlines()]
+    assert uids == ["a", "bb", "ccc"] and not (ex / "conversations.jsonl").exists()
+    assert json.loads((ex / "stats.json").read_text())["conversation_files"] == 2
+    # the default (no shard_size) keeps one file, however many records
+    Export(ExportConfig(stage="export", tasks=["source_qa"]), ctx)(batch)
+    assert sorted(p.name for p in ex.glob("conversations*")) == ["conversations.jsonl"]

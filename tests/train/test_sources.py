@@ -163,3 +163,39 @@ def _loose_copy(export):
     dst = export.parent / "loose"
     shutil.copytree(export / "export", dst)
     return dst / "conversations.jsonl"
+
+
+def test_a_sharded_export_reads_through_its_index_like_one_file(export):
+    """export.shard_size: the writer shards past the size (index + shards, no single file), the
+    trainer reads the index to the same samples in the same order, and a small rerun goes back to one file."""
+    from loupe.pipeline.export.stage import write_conversations
+
+    ex = export / "export"
+    single = read_samples(export)
+    recs = [json.loads(ln) for ln in (ex / "conversations.jsonl").read_text().splitlines()]
+    assert write_conversations(recs, ex, shard_size=2) == 2
+    assert not (ex / "conversations.jsonl").exists()
+    index = json.loads((ex / "conversations.index.json").read_text())
+    assert index == {
+        "format": "llama3_jsonl",
+        "records": 3,
+        "shards": [
+            {"path": "conversations-00000.jsonl", "records": 2},
+            {"path": "conversations-00001.jsonl", "records": 1},
+        ],
+    }
+    for src in (export, ex, ex / "conversations.index.json"):  # run dir, export/ folder, the index itself
+        sharded = read_samples(src)
+        assert sharded.format == "llama3_jsonl" and sharded.path.name == "conversations.index.json"
+        assert [(s.uid, s.turns, s.image, s.size) for s in sharded.samples] == [
+            (s.uid, s.turns, s.image, s.size) for s in single.samples
+        ]
+    # a shard the index lists but that is gone: one error naming both files
+    (ex / "conversations-00001.jsonl").rename(ex / "moved.jsonl")
+    with pytest.raises(ValueError, match=r"conversations.index.json: lists shard conversations-00001.jsonl"):
+        read_samples(export)
+    (ex / "moved.jsonl").rename(ex / "conversations-00001.jsonl")
+    # below the shard size: one file again, no index and no stale shard left for a reader to pick up
+    assert write_conversations(recs, ex, shard_size=10) == 1
+    assert sorted(p.name for p in ex.glob("conversations*")) == ["conversations.jsonl"]
+    assert [s.uid for s in read_samples(export).samples] == ["a", "b", "t"]

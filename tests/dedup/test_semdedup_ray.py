@@ -87,6 +87,7 @@ def test_sample_is_faiss_own(planted):
     assert np.array_equal(km.centroids, km2.centroids)
 
 
+@pytest.mark.ray
 @pytest.mark.slow  # ~50 s on the loaded 2-core box: two Ray Data runs with a shuffle each
 @pytest.mark.parametrize("keep", ["hard", "easy"])
 def test_ray_equals_local_and_all_pairs(planted, ray_results, keep):

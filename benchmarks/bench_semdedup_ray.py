@@ -31,6 +31,7 @@ def _gen(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     idx = batch["id"].astype(np.int64)
     rng = np.random.default_rng(int(idx[0]) if len(idx) else 0)
     topics = np.random.default_rng(0).standard_normal((200, D)).astype(np.float32)
+    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
     x = topics[rng.integers(0, 200, len(idx))] + rng.standard_normal((len(idx), D)).astype(np.float32) * (
         1.3 / np.sqrt(D)
     )

@@ -39,6 +39,14 @@ def _sample(uid: str, conv, source: str = "chartqa") -> dict:
     }
 
 
+def _batch(samples: list[dict]) -> pa.Table:
+    """The export stage's input: the samples' columns plus empty evidence lists."""
+    keep = ("uid", "source", "source_id", "conversations")
+    return pa.Table.from_pylist(
+        [{**{k: s[k] for k in keep}, "captions": [], "ocr": [], "detect": []} for s in samples]
+    )
+
+
 def test_export_validates_records(tmp_path):
     good = [{"from": "human", "value": "What is the highest value?"}, {"from": "gpt", "value": "42"}]
     bad = [{"from": "human", "value": "Q1?"}, {"from": "human", "value": "Q2?"}]  # does not alternate
@@ -48,20 +56,7 @@ def test_export_validates_records(tmp_path):
     run.write_table("samples", pa.Table.from_pylist(samples, schema=SAMPLES), stage="ingest")
     ctx = StageContext(run=run, recipe_dir=tmp_path, stage_name="export")
     stage = Export(ExportConfig(stage="export", tasks=["caption", "source_qa"]), ctx)
-    batch = pa.Table.from_pylist(
-        [
-            {
-                "uid": s["uid"],
-                "source": s["source"],
-                "source_id": s["source_id"],
-                "conversations": s["conversations"],
-                "captions": [],
-                "ocr": [],
-                "detect": [],
-            }
-            for s in samples
-        ]
-    )
+    batch = _batch(samples)
     out = stage(batch)
     drops = {d["uid"]: (d["reason"], d["detail"]) for d in out.drops.to_pylist()}
     assert drops == {
@@ -106,20 +101,7 @@ def test_export_shards_past_shard_size_with_an_index(tmp_path):
     run = RunDir(tmp_path / "run")
     run.write_table("samples", pa.Table.from_pylist(samples, schema=SAMPLES), stage="ingest")
     ctx = StageContext(run=run, recipe_dir=tmp_path, stage_name="export")
-    batch = pa.Table.from_pylist(
-        [
-            {
-                "uid": s["uid"],
-                "source": s["source"],
-                "source_id": s["source_id"],
-                "conversations": s["conversations"],
-                "captions": [],
-                "ocr": [],
-                "detect": [],
-            }
-            for s in samples
-        ]
-    )
+    batch = _batch(samples)
     Export(ExportConfig(stage="export", tasks=["source_qa"], shard_size=2), ctx)(batch)
     ex = run.path / "export"
     index = json.loads((ex / "conversations.index.json").read_text())

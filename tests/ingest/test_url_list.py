@@ -286,10 +286,14 @@ def _src(tmp_path: Path, **kw) -> UrlList:
 def test_url_table_formats_and_column_errors(tmp_path):
     (tmp_path / "a.csv").write_text('link,text\nhttp://x/1.jpg,"one, two"\nhttp://x/2.jpg,three\n')
     t = _src(tmp_path, path="a.csv", input_format="csv", url_col="link", caption_col="text").url_table()
-    assert t.to_pydict() == {"url": ["http://x/1.jpg", "http://x/2.jpg"], "caption": ["one, two", "three"]}
+    assert t.to_pydict() == {
+        "url": ["http://x/1.jpg", "http://x/2.jpg"],
+        "caption": ["one, two", "three"],
+        "url_error": [None, None],  # set only for a URL cell that is not UTF-8 text
+    }
     (tmp_path / "b.tsv").write_text("url\tcaption\tlicense\nhttp://x/3.jpg\tc\t7\n")
     t = _src(tmp_path, path="b.tsv", input_format="tsv", save_additional_columns=["license"]).url_table()
-    assert t.to_pylist() == [{"url": "http://x/3.jpg", "caption": "c", "license": "7"}]
+    assert t.to_pylist() == [{"url": "http://x/3.jpg", "caption": "c", "license": "7", "url_error": None}]
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "p1.jsonl").write_text('{"url": "http://x/4.jpg", "caption": "d"}\n')
     (tmp_path / "d" / "p2.jsonl").write_text('{"url": "http://x/5.jpg", "caption": null}\n')

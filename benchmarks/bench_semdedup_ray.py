@@ -6,7 +6,8 @@ Vectors (512-d, unit, around 200 topics, 1 % planted near-copies of a row in the
 generated inside Ray tasks block by block, so the driver never holds them; the result is streamed
 (`iter_batches`) and only counted. k = N / ``--cluster-size``, so the mean cluster is the same at
 every N and a task's memory should stay flat while N grows. Worker RSS is sampled every 0.2 s over
-every ``ray::`` process on this machine (psutil); the driver's is its own ``ru_maxrss``. Each N runs in
+every ``ray::`` process on this machine (psutil; RSS and USS, the
+private pages without the object store's shared mmaps); the driver's is its own ``ru_maxrss``. Each N runs in
 a fresh subprocess so the driver peaks are not shared.
 """
 
@@ -42,7 +43,7 @@ def _gen(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"idx": idx, "vector": x}
 
 
-def _watch(peaks: dict[int, int], stop: threading.Event) -> None:
+def _watch(peaks: dict[int, int], uss: dict[int, int], stop: threading.Event) -> None:
     import psutil
 
     while not stop.is_set():
@@ -50,7 +51,9 @@ def _watch(peaks: dict[int, int], stop: threading.Event) -> None:
             try:
                 cmd = " ".join(p.info["cmdline"] or [])
                 if cmd.startswith("ray::"):
-                    peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+                    m = p.memory_full_info()  # uss: private pages only, object-store mmaps excluded
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), m.rss)
+                    uss[p.pid] = max(uss.get(p.pid, 0), m.uss)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         stop.wait(0.2)
@@ -66,8 +69,9 @@ def one(n: int, cluster_size: int, iters: int, cpus: int) -> dict:
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     peaks: dict[int, int] = {}
+    uss: dict[int, int] = {}
     stop = threading.Event()
-    th = threading.Thread(target=_watch, args=(peaks, stop), daemon=True)
+    th = threading.Thread(target=_watch, args=(peaks, uss, stop), daemon=True)
     th.start()
     t0 = time.time()
     k = max(1, n // cluster_size)
@@ -91,6 +95,7 @@ def one(n: int, cluster_size: int, iters: int, cpus: int) -> dict:
         "seconds": round(time.time() - t0, 1),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "largest_worker_peak_rss_mb": round(max(peaks.values(), default=0) / 2**20, 1),
+        "largest_worker_peak_uss_mb": round(max(uss.values(), default=0) / 2**20, 1),
     }
 
 

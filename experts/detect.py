@@ -42,6 +42,29 @@ from loupe.schemas.errors import ModelUnavailable, RecipeError
 YOLO_CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
+def unpatch_pil_open() -> None:
+    """Undo ultralytics' process-wide replacement of ``PIL.Image.open`` (``ultralytics/utils/patches.py``).
+
+    On import, ultralytics swaps ``Image.open`` for a wrapper that meets an unidentifiable file by trying
+    to pip-install ``pi-heif``; offline that raises ``ModuleNotFoundError``, so a corrupt image, an
+    ``OSError`` that every stage turns into a drop row, would crash whatever opens it next in the same
+    process (a training loader, an OCR batch). Loupe decodes HEIC itself where it needs to."""
+    import sys
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    if original is not None and Image.open is not original:
+        Image.open = original
+
+
+def import_yolo():
+    """``ultralytics.YOLO``, imported without leaving ultralytics' ``Image.open`` patch behind."""
+    from ultralytics import YOLO
+
+    unpatch_pil_open()
+    return YOLO
+
+
 def detection_rows(
     boxes: np.ndarray, scores: np.ndarray, labels: list[str], size: tuple[int, int], max_boxes: int
 ) -> list[dict[str, Any]]:
@@ -106,6 +129,7 @@ def yolo_weights(spec: str, base: Path | None = None) -> str:
         return spec  # an architecture shipped with ultralytics (cfg/models/...), randomly initialised
     from ultralytics.utils import SETTINGS
 
+    unpatch_pil_open()
     # ultralytics looks a weights *name* up in weights_dir: join the name, not the recipe's relative
     # path (joining "weights/yolov8n.pt" named a non-existent weights_dir/weights/yolov8n.pt)
     cached = Path(SETTINGS.get("weights_dir", "")) / Path(spec).name
@@ -136,8 +160,7 @@ class YoloDetector(Expert):
         imgsz: int = 640,
     ):
         require_package("ultralytics", "ultralytics", "detect backend 'yolo'")
-        from ultralytics import YOLO
-
+        YOLO = import_yolo()
         weights = yolo_weights(model, base)
         self.device = pick_device(device)
         self.model = YOLO(weights)

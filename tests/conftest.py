@@ -33,3 +33,12 @@ def write_recipe(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
 
 
 from ray_helpers import private_ray  # noqa: E402,F401  (re-exported for older imports)
+
+
+@pytest.fixture(autouse=True)
+def _pil_open_unpatched():
+    """Tests that import ultralytics directly must not leave its ``Image.open`` patch to later tests."""
+    yield
+    from loupe.experts.detect import unpatch_pil_open
+
+    unpatch_pil_open()

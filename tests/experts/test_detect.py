@@ -184,3 +184,16 @@ def test_haar_labels_must_have_a_cascade():
         RecipeError, match="queries: \\['dog'\\] have no Haar cascade; backend haar detects: face"
     ):
         make_detector(DetectConfig(stage="detect", backend="haar", queries=["face", "dog"]))
+
+
+def test_importing_yolo_leaves_pil_open_alone(tmp_path):
+    """ultralytics patches Image.open to pip-install pi-heif on an unknown file; offline that raised
+    ModuleNotFoundError where a corrupt image must stay an OSError (a drop row)."""
+    pytest.importorskip("ultralytics")
+    from loupe.experts.detect import import_yolo
+
+    import_yolo()
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(OSError):
+        Image.open(bad)

@@ -307,6 +307,14 @@ class HaarDetector(Expert):
             raise RecipeError(
                 f"queries: {unknown} have no Haar cascade; backend haar detects: {', '.join(HAAR_CASCADES)}"
             )
+        if not hasattr(cv2, "CascadeClassifier"):
+            # opencv-python 5.x (pulled by ultralytics) and the core's opencv-python-headless 4.x both
+            # write cv2/; the mix imports but has lost most of its API (../shared/OFFLINE.md)
+            raise ModelUnavailable(
+                f"detect backend 'haar': the installed OpenCV ({getattr(cv2, '__file__', '?')}) is a broken mix of "
+                "opencv-python 5.x and opencv-python-headless 4.x; fix it with: pip uninstall -y opencv-python "
+                "&& pip install --force-reinstall --no-deps 'opencv-python-headless>=4.8,<5'"
+            )
         self.cv2 = cv2
         self.cascades = {
             lb: cv2.CascadeClassifier(cv2.data.haarcascades + HAAR_CASCADES[lb]) for lb in labels

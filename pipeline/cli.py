@@ -564,6 +564,10 @@ def train(
                 loaded.config.data.path = _resolve_train_data(raw)
         except ConfigError as e:
             raise LoupeError(str(e)) from None
+        from loupe.experts.weights import require_package
+
+        for module, pip_name in (("torch", "torch"), ("transformers", "transformers")):
+            require_package(module, pip_name, "loupe train (pip install 'loupe[train]')")
         if executor == "local":
             from loupe.train.trainer import run_training
 

@@ -149,11 +149,13 @@ class PerceptualFusionPrompt:
         self.version = f"{template}@{template_fingerprint(template)}"
 
     def render(self, ev: Evidence) -> str:
-        boxes = "\n".join(f"- {b['label']}: {fmt_box(b['box'])}" for b in ev.boxes) or NONE
-        ocr = "\n".join(f"- {o['text']}" for o in ev.ocr) or NONE
+        box_list = [f"- {b['label']}: {fmt_box(b['box'])}" for b in ev.boxes]
+        ocr_list = [f"- {o['text']}" for o in ev.ocr]
+        boxes = "\n".join(box_list) or NONE
+        ocr = "\n".join(ocr_list) or NONE
         tags = ", ".join(t["tag"] for t in ev.tags) or NONE
-        box_lines = "".join(f"\n- {b['label']}: {fmt_box(b['box'])}" for b in ev.boxes)
-        ocr_items = "".join(f"\n- {o['text']}" for o in ev.ocr)
+        box_lines = "".join("\n" + line for line in box_list)
+        ocr_items = "".join("\n" + line for line in ocr_list)
         world = ev.alt_text or ("" if "{detection_lines}" in self.text else NONE)
         text = self.text.format(
             world_knowledge=world,

@@ -100,6 +100,11 @@ def test_resume_stops_a_worker_left_alive(tmp_path):
         [sys.executable, "-c", "import time; time.sleep(120)", "loupe.pipeline.ingest.img2dataset_worker"],
         start_new_session=True,
     )
+    # until it has exec'd, /proc/PID/cmdline still shows the forked pytest (a loaded box made that a flake)
+    deadline = time.time() + 30
+    while b"img2dataset_worker" not in Path(f"/proc/{orphan.pid}/cmdline").read_bytes():
+        assert time.time() < deadline, "the stand-in worker never started"
+        time.sleep(0.02)
     (tmp_path / WORKER_PID).write_text(str(orphan.pid))
     t0 = time.time()
     assert stop_previous_worker(tmp_path, grace=5)

@@ -29,12 +29,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest"))
 from url_server import ImageServer, make_images  # noqa: E402
 
-import loupe.pipeline.ingest.url_list as url_list_module  # noqa: E402
+import loupe.pipeline.stages.ingest.url_list as url_list_module  # noqa: E402
 from loupe.pipeline.executors.local import run_local  # noqa: E402
 from loupe.pipeline.executors.plan import make_plan  # noqa: E402
-from loupe.pipeline.ingest.url_list import UrlList  # noqa: E402
 from loupe.pipeline.recipe import load_recipe  # noqa: E402
 from loupe.pipeline.stage import StageContext  # noqa: E402
+from loupe.pipeline.stages.ingest.url_list import UrlList  # noqa: E402
 from loupe.schemas.recipe import UrlListSource  # noqa: E402
 
 

@@ -5,7 +5,7 @@
 
 Data: uniformly random 64-bit hashes (the worst case for LSH: no structure to exploit, each
 band's buckets hold n / 2^9 rows) plus 1 % planted near copies with 0-8 bits flipped. LSH
-(``loupe.pipeline.dedup.lsh``) runs on all ``--n``. The exhaustive search (faiss
+(``loupe.pipeline.stages.dedup.lsh``) runs on all ``--n``. The exhaustive search (faiss
 ``IndexBinaryFlat.range_search``, what ``phash_dedup`` used before) is timed for ``--queries`` query
 rows against the full index and extrapolated linearly to n queries (each query scans all n
 rows); its pairs among those queries must equal LSH's exactly. ``--full`` runs it on every row.
@@ -44,7 +44,7 @@ def main() -> None:
 
     import faiss
 
-    from loupe.pipeline.dedup.lsh import band_pairs
+    from loupe.pipeline.stages.dedup.lsh import band_pairs
 
     codes = make_hashes(a.n)
     print(

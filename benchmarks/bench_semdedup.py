@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from loupe.pipeline.dedup.semdedup import faiss_gpus, semdedup, semdedup_naive, spherical_kmeans
+from loupe.pipeline.stages.dedup.semdedup import faiss_gpus, semdedup, semdedup_naive, spherical_kmeans
 
 
 def make_data(n: int, d: int, seed: int = 0, dup_frac: float = 0.01) -> tuple[np.ndarray, int]:

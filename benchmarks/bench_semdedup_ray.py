@@ -62,7 +62,7 @@ def _watch(peaks: dict[int, int], uss: dict[int, int], stop: threading.Event) ->
 def one(n: int, cluster_size: int, iters: int, cpus: int) -> dict:
     import ray
 
-    from loupe.pipeline.dedup.semdedup_ray import semdedup_ray
+    from loupe.pipeline.stages.dedup.semdedup_ray import semdedup_ray
 
     ray.init(
         address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False

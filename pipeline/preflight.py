@@ -202,7 +202,7 @@ def _stage_weights(cfg: Any, at: str, base: Path) -> list[Problem | None]:
 # ---------------------------------------------------------------------------------- dependencies
 def template_evidence(name: str) -> set[str]:
     """Stages whose evidence a prompt template names (``{ocr_lines}`` -> ocr ...)."""
-    from loupe.pipeline.fuse.prompt import template_path
+    from loupe.pipeline.stages.fuse.prompt import template_path
 
     try:
         text = template_path(name).read_text(encoding="utf-8")

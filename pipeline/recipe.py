@@ -260,7 +260,7 @@ def load_recipe(
                     raise RecipeError(f"{p.name}: output: {out!r} is not a folder ({q} is a file)")
     for i, st in enumerate(recipe.stages):
         if st.stage == "caption":
-            from loupe.pipeline.fuse.prompt import TEMPLATE_DIR
+            from loupe.pipeline.stages.fuse.prompt import TEMPLATE_DIR
 
             valid = sorted(t.stem for t in TEMPLATE_DIR.glob("*.txt"))
             if st.prompt_template not in valid:
@@ -286,7 +286,7 @@ def _template_fingerprints(recipe: R.Recipe) -> dict[str, str]:
     for s in recipe.stages:
         if s.stage == "caption":
             try:
-                from loupe.pipeline.fuse.prompt import template_fingerprint
+                from loupe.pipeline.stages.fuse.prompt import template_fingerprint
 
                 out[s.prompt_template] = template_fingerprint(s.prompt_template)
             except (ImportError, FileNotFoundError, KeyError, ValueError):

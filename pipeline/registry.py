@@ -8,25 +8,25 @@ from __future__ import annotations
 import importlib
 
 STAGES: dict[str, str] = {
-    "exact_dedup": "loupe.pipeline.dedup.exact:ExactDedup",
-    "phash_dedup": "loupe.pipeline.dedup.phash:PhashDedup",
-    "resolution_filter": "loupe.pipeline.filters:ResolutionFilter",
-    "embed": "loupe.pipeline.embed:Embed",
-    "semdedup": "loupe.pipeline.dedup.semdedup_stage:SemDedupStage",
-    "select": "loupe.pipeline.select:Select",
-    "clip_score_filter": "loupe.pipeline.filters:ClipScoreFilter",
-    "ocr": "loupe.pipeline.experts_stage:OcrStage",
-    "detect": "loupe.pipeline.experts_stage:DetectStage",
-    "tag": "loupe.pipeline.experts_stage:TagStage",
-    "caption": "loupe.pipeline.fuse.stage:Caption",
-    "export": "loupe.pipeline.export.stage:Export",
+    "exact_dedup": "loupe.pipeline.stages.dedup.exact:ExactDedup",
+    "phash_dedup": "loupe.pipeline.stages.dedup.phash:PhashDedup",
+    "resolution_filter": "loupe.pipeline.stages.filters:ResolutionFilter",
+    "embed": "loupe.pipeline.stages.embed:Embed",
+    "semdedup": "loupe.pipeline.stages.dedup.semdedup_stage:SemDedupStage",
+    "select": "loupe.pipeline.stages.select:Select",
+    "clip_score_filter": "loupe.pipeline.stages.filters:ClipScoreFilter",
+    "ocr": "loupe.pipeline.stages.experts:OcrStage",
+    "detect": "loupe.pipeline.stages.experts:DetectStage",
+    "tag": "loupe.pipeline.stages.experts:TagStage",
+    "caption": "loupe.pipeline.stages.fuse.stage:Caption",
+    "export": "loupe.pipeline.stages.export.stage:Export",
 }
 
 SOURCES: dict[str, str] = {
-    "local_folder": "loupe.pipeline.ingest.local_folder:LocalFolder",
-    "url_list": "loupe.pipeline.ingest.url_list:UrlList",
-    "smr": "loupe.pipeline.ingest.smr:Smr",
-    "finedetail": "loupe.pipeline.ingest.finedetail:FineDetail",
+    "local_folder": "loupe.pipeline.stages.ingest.local_folder:LocalFolder",
+    "url_list": "loupe.pipeline.stages.ingest.url_list:UrlList",
+    "smr": "loupe.pipeline.stages.ingest.smr:Smr",
+    "finedetail": "loupe.pipeline.stages.ingest.finedetail:FineDetail",
 }
 
 

@@ -25,7 +25,7 @@ class Turn(BaseModel):
 
 class ConversationRecord(BaseModel):
     """Loupe's canonical JSONL line: {"image_url", "conversations", "source"} (structured turns; Dragonfly's
-    own parquet layout is written by ``loupe.pipeline.export.formats``). ``image_url`` is null (or empty)
+    own parquet layout is written by ``loupe.pipeline.stages.export.formats``). ``image_url`` is null (or empty)
     for a text-only sample."""
 
     model_config = ConfigDict(extra="forbid")

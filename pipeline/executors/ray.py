@@ -4,7 +4,7 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
 
 * **ingest** runs on the driver, exactly as in the local executor, except that a ``url_list``
   source's downloads run as img2dataset's own Ray tasks (``distributor="ray"``) spread over the
-  cluster's nodes, each worker with the SSRF guard installed (:mod:`loupe.pipeline.ingest.img2dataset_worker`).
+  cluster's nodes, each worker with the SSRF guard installed (:mod:`loupe.pipeline.stages.ingest.img2dataset_worker`).
 * a **per-row stage** (OCR, detect, tag, embed, caption, filters) becomes one Ray Data pipeline:
   ``read_parquet`` of the ``samples`` shards holding its todo uids → a filter task keeping the todo
   uids (the set is broadcast once with ``ray.put``) → ``map_batches`` over an actor pool; a stage

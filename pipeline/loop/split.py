@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from loupe.pipeline.errors import LoupeError
-from loupe.pipeline.export.stage import image_ext
 from loupe.pipeline.rundir import RunDir, atomic_write_text
+from loupe.pipeline.stages.export.stage import image_ext
 from loupe.schemas.conversation import CONVERSATIONS, CONVERSATIONS_INDEX, conversation_files
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loupe.pipeline.dedup.lsh import band_keys, band_pairs, lsh_neighbours
-from loupe.pipeline.dedup.phash import claim, neighbours
+from loupe.pipeline.stages.dedup.lsh import band_keys, band_pairs, lsh_neighbours
+from loupe.pipeline.stages.dedup.phash import claim, neighbours
 
 
 def hashes(n: int, bits: int = 64, seed: int = 0, dup_frac: float = 0.3, max_flip: int = 8) -> np.ndarray:

@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from loupe.pipeline.dedup.phash import near_duplicates, pack
 from loupe.pipeline.errors import RecipeError
-from loupe.pipeline.filters import ClipScoreFilter, ResolutionFilter
 from loupe.pipeline.rundir import RunDir
-from loupe.pipeline.select import select_per_cluster
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.dedup.phash import near_duplicates, pack
+from loupe.pipeline.stages.filters import ClipScoreFilter, ResolutionFilter
+from loupe.pipeline.stages.select import select_per_cluster
 from loupe.schemas.recipe import ClipScoreFilterConfig, ResolutionFilterConfig
 from loupe.schemas.tables import EMBEDDINGS
 
@@ -126,7 +126,7 @@ def test_select_per_cluster_quota_and_ties():
 
 
 def test_select_stage_fails_clearly_without_embeddings(tmp_path):
-    from loupe.pipeline.select import Select
+    from loupe.pipeline.stages.select import Select
     from loupe.schemas.recipe import SelectConfig
 
     run = RunDir(tmp_path / "run")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from loupe.pipeline.dedup.confirm import block_difference, signature
-from loupe.pipeline.dedup.phash import phash_bits
 from loupe.pipeline.executors.local import run_local
 from loupe.pipeline.executors.plan import make_plan
 from loupe.pipeline.query import query
 from loupe.pipeline.recipe import load_recipe
+from loupe.pipeline.stages.dedup.confirm import block_difference, signature
+from loupe.pipeline.stages.dedup.phash import phash_bits
 
 from .fixtures import cropped, photo, resized_jpeg
 

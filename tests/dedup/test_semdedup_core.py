@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loupe.pipeline.dedup.semdedup import (
+from loupe.pipeline.stages.dedup.semdedup import (
     pick_epsilon,
     representatives,
     semdedup,

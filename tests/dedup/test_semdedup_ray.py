@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 from ray_helpers import private_ray
 
-from loupe.pipeline.dedup.semdedup import semdedup_clusters, semdedup_naive, spherical_kmeans
-from loupe.pipeline.dedup.semdedup_ray import sample_indices, semdedup_ray
+from loupe.pipeline.stages.dedup.semdedup import semdedup_clusters, semdedup_naive, spherical_kmeans
+from loupe.pipeline.stages.dedup.semdedup_ray import sample_indices, semdedup_ray
 
 EPS = [0.02, 0.1, 0.2]
 K = 8

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from loupe.pipeline.dedup.semdedup_stage import SemDedupStage
 from loupe.pipeline.rundir import RunDir
-from loupe.pipeline.select import Select
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.dedup.semdedup_stage import SemDedupStage
+from loupe.pipeline.stages.select import Select
 from loupe.schemas.recipe import SelectConfig, SemDedupConfig
 from loupe.schemas.tables import EMBEDDINGS
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from loupe.experts.embed import EfficientNetLite0, OpenClip, l2_normalise, open_clip_name
-from loupe.pipeline.embed import Embed
 from loupe.pipeline.errors import ModelUnavailable, RecipeError
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.embed import Embed
 from loupe.schemas.recipe import EmbedConfig
 from loupe.schemas.tables import EMBEDDINGS
 

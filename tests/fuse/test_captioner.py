@@ -24,9 +24,9 @@ from loupe.experts.captioner import (
     resolve_llm,
 )
 from loupe.pipeline.errors import ModelUnavailable
-from loupe.pipeline.fuse.stage import Caption
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.fuse.stage import Caption
 from loupe.schemas.recipe import CaptionConfig
 
 PROMPTS = [

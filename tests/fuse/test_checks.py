@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loupe.pipeline.fuse.checks import check_caption, object_vocabulary, words
-from loupe.pipeline.fuse.prompt import Evidence
+from loupe.pipeline.stages.fuse.checks import check_caption, object_vocabulary, words
+from loupe.pipeline.stages.fuse.prompt import Evidence
 
 EV = Evidence(
     alt_text="A red bus in town",

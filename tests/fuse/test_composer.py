@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from loupe.pipeline.fuse.checks import check_caption, object_vocabulary
-from loupe.pipeline.fuse.composer import compose, position, size_word
-from loupe.pipeline.fuse.prompt import Evidence
+from loupe.pipeline.stages.fuse.checks import check_caption, object_vocabulary
+from loupe.pipeline.stages.fuse.composer import compose, position, size_word
+from loupe.pipeline.stages.fuse.prompt import Evidence
 
 EV = Evidence(
     alt_text="A red bus on Main Street.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loupe.pipeline.export.conversations import (
+from loupe.pipeline.stages.export.conversations import (
     DETAIL_PROMPTS,
     GROUNDING_PROMPT,
     OCR_PROMPTS,

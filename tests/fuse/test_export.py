@@ -8,9 +8,9 @@ import json
 import pyarrow as pa
 from PIL import Image
 
-from loupe.pipeline.export.stage import Export, image_ext
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.export.stage import Export, image_ext
 from loupe.schemas.recipe import ExportConfig
 from loupe.schemas.tables import SAMPLES
 

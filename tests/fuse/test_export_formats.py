@@ -17,10 +17,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from loupe.pipeline.export.formats import dragonfly_text, pixel_box
-from loupe.pipeline.export.stage import Export
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.export.formats import dragonfly_text, pixel_box
+from loupe.pipeline.stages.export.stage import Export
 from loupe.schemas.recipe import ExportConfig
 from loupe.schemas.tables import SAMPLES
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from loupe.pipeline.errors import RecipeError
-from loupe.pipeline.fuse.prompt import (
+from loupe.pipeline.stages.fuse.prompt import (
     Evidence,
     PerceptualFusionPrompt,
     select_boxes,

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 from caption_servers import ScriptedServer
 
-from loupe.pipeline.export.conversations import build_turns, useful_ocr_lines
-from loupe.pipeline.fuse.checks import ngram_repetition
-from loupe.pipeline.fuse.stage import Caption, is_smoke_test_model
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.export.conversations import build_turns, useful_ocr_lines
+from loupe.pipeline.stages.fuse.checks import ngram_repetition
+from loupe.pipeline.stages.fuse.stage import Caption, is_smoke_test_model
 from loupe.schemas.recipe import CaptionConfig
 
 CAT = "a cat is a cat is a cat is a cat is a cat is a cat is a cat"

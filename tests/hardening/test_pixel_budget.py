@@ -156,7 +156,7 @@ def test_decode_error_details_are_stable():
 
 
 def test_avif_exports_as_avif():
-    from loupe.pipeline.export.stage import image_ext
+    from loupe.pipeline.stages.export.stage import image_ext
 
     buf = io.BytesIO()
     Image.new("RGB", (32, 24), (1, 2, 3)).save(buf, format="AVIF")

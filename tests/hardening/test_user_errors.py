@@ -136,8 +136,8 @@ def test_full_disk_during_commit_names_the_path(tmp_path, monkeypatch):
 
 
 def test_non_utf8_url_list_rows_become_drops_naming_file_and_row(tmp_path):
-    from loupe.pipeline.ingest.url_list import UrlList
     from loupe.pipeline.stage import StageContext
+    from loupe.pipeline.stages.ingest.url_list import UrlList
     from loupe.schemas.recipe import UrlListSource
 
     (tmp_path / "u.csv").write_bytes(

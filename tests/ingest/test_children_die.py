@@ -93,11 +93,11 @@ def test_kill_9_of_loupe_stops_its_downloads_and_resume_is_exact(tmp_path):
 
 
 def test_resume_stops_a_worker_left_alive(tmp_path):
-    from loupe.pipeline.ingest.url_list import WORKER_PID, stop_previous_worker
+    from loupe.pipeline.stages.ingest.url_list import WORKER_PID, stop_previous_worker
 
     # a stand-in for an orphaned worker: its own process group, "img2dataset_worker" on its command line
     orphan = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "loupe.pipeline.ingest.img2dataset_worker"],
+        [sys.executable, "-c", "import time; time.sleep(120)", "loupe.pipeline.stages.ingest.img2dataset_worker"],
         start_new_session=True,
     )
     # until it has exec'd, /proc/PID/cmdline still shows the forked pytest (a loaded box made that a flake)

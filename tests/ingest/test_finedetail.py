@@ -10,9 +10,9 @@ import pytest
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.executors.local import run_local
 from loupe.pipeline.executors.plan import make_plan
-from loupe.pipeline.ingest.finedetail import plant_plan, render
 from loupe.pipeline.query import query
 from loupe.pipeline.recipe import load_recipe, parse_recipe
+from loupe.pipeline.stages.ingest.finedetail import plant_plan, render
 from tests.conftest import write_recipe
 
 RECIPE = """

@@ -13,8 +13,8 @@ import yaml
 
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.images import decode
-from loupe.pipeline.ingest.smr import ADAPTERS, Smr
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.ingest.smr import ADAPTERS, Smr
 from loupe.schemas.recipe import Recipe, SmrSource
 from loupe.schemas.tables import DROPS, SAMPLES
 from loupe.schemas.uid import record_uid

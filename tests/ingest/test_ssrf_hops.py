@@ -9,8 +9,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from loupe.pipeline.ingest import ssrf
-from loupe.pipeline.ingest.url_list import failure_reason
+from loupe.pipeline.stages.ingest import ssrf
+from loupe.pipeline.stages.ingest.url_list import failure_reason
 
 try:  # tests/ingest is a plain folder on sys.path (pytest's default "prepend" import mode)
     from url_server import ImageServer, make_images

@@ -21,12 +21,12 @@ import yaml
 from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.executors.local import run_local
 from loupe.pipeline.executors.plan import make_plan
-from loupe.pipeline.ingest import ssrf
-from loupe.pipeline.ingest.url_list import UrlList, failure_reason
 from loupe.pipeline.query import query
 from loupe.pipeline.recipe import load_recipe
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.ingest import ssrf
+from loupe.pipeline.stages.ingest.url_list import UrlList, failure_reason
 from loupe.schemas.recipe import Recipe, UrlListSource
 from loupe.schemas.uid import url_uid
 

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 
 from loupe.pipeline.executors.plan import make_plan
-from loupe.pipeline.ingest.url_list import UrlList
 from loupe.pipeline.recipe import load_recipe
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.stages.ingest.url_list import UrlList
 from loupe.schemas.recipe import UrlListSource
 from loupe.schemas.uid import url_uid
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from loupe.pipeline.export.conversations import with_image_token
-from loupe.pipeline.export.formats import write_dragonfly_parquet
+from loupe.pipeline.stages.export.conversations import with_image_token
+from loupe.pipeline.stages.export.formats import write_dragonfly_parquet
 from loupe.train.sources import attach_boxes, locate, parse_llama3, read_samples
 
 TURNS = [
@@ -168,7 +168,7 @@ def _loose_copy(export):
 def test_a_sharded_export_reads_through_its_index_like_one_file(export):
     """export.shard_size: the writer shards past the size (index + shards, no single file), the
     trainer reads the index to the same samples in the same order, and a small rerun goes back to one file."""
-    from loupe.pipeline.export.stage import write_conversations
+    from loupe.pipeline.stages.export.stage import write_conversations
 
     ex = export / "export"
     single = read_samples(export)

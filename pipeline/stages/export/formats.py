@@ -1,0 +1,130 @@
+"""Export layouts that outside trainers read as they are: Dragonfly parquet, LLaVA plain, MG-LLaVA boxes.
+
+Our canonical record stays ``export/conversations.jsonl`` (structured turns, read by ``loupe.train``).
+The functions here turn those records into the exact files each upstream loader expects, so a user
+trains Dragonfly, LLaVA (pre-alignment) or MG-LLaVA on Loupe's output with no glue.
+
+* **Dragonfly** (togethercomputer/Dragonfly ``pipeline/data_utils/data.py``):
+  ``load_dragonfly_pretrain_dataset`` lists ``*.parquet`` in ``--data_dir`` and keeps the files whose
+  *name starts with* one of ``--together_hq_datasets`` (``fpath.startswith(d)``), loads them with
+  ``load_dataset('parquet', ...)`` and drops the ``source`` column; ``prepare_fuyu`` opens
+  ``os.path.join(image_dir, example['image_url'])`` and ``format_llama3_prompt`` takes
+  ``item['conversations']`` *as the finished prompt string*. The processor tokenises it with
+  ``add_special_tokens=True`` (``src/dragonfly/models/processing_dragonfly.py``,
+  ``_tokenize_prompts_with_image_and_batch``), so the tokenizer adds ``<|begin_of_text|>``;
+  ``get_labels`` unmasks everything after the *first* BOS (id 128000) and ``find_and_remove_tokens``
+  overwrites the *last* BOS with EOS when there are two. The string must therefore start at the
+  first ``<|start_header_id|>``, without BOS.
+* **LLaVA plain** (haotian-liu/LLaVA ``llava/train/train.py``, ``preprocess_plain``): with
+  ``--version plain`` every record must have exactly 2 turns (``assert len(source) == 2``) and
+  ``<image>`` in the first (``assert DEFAULT_IMAGE_TOKEN in source[0]['value']``); the human turn is
+  then replaced by ``<image>`` alone and the model learns the gpt turn, a caption. DenseFusion
+  pre-aligns and pre-trains on such caption pairs (baaivision/DenseFusion ``scripts/densefusion/
+  prealign.sh``: ``--version plain``).
+* **MG-LLaVA boxes** (PhoenixZ810/MG-LLaVA, README "box_json_path"): one JSON list of
+  ``{"id", "boxes": [[x1, y1, x2, y2], ...] (pixels, ints), "scores", "labels"}`` whose ``id`` is
+  the LLaVA record id, from an offline detector.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loupe.pipeline.stages.export.conversations import caption_instruction, with_image_token
+from loupe.schemas.llama3 import BOS, llama3_render
+
+DRAGONFLY_SCHEMA = pa.schema(
+    [("image_url", pa.string()), ("source", pa.string()), ("conversations", pa.string())]
+)
+
+
+def dragonfly_text(turns: list[dict[str, str]]) -> str:
+    """One Llama-3 rendered string without ``<|begin_of_text|>`` (Dragonfly's tokenizer adds it)."""
+    text = llama3_render(turns)
+    return text[len(BOS) :] if text.startswith(BOS) else text
+
+
+def write_dragonfly_parquet(
+    records: list[dict[str, Any]], out_dir: Path, prefix: str, rows_per_file: int
+) -> list[Path]:
+    """``out_dir/<prefix>_<nnnnn>.parquet`` with columns image_url, source, conversations (str).
+
+    ``image_url`` stays relative to ``export/`` (so ``--image_dir`` is the export folder). Old part
+    files of the same prefix are removed so a smaller rerun leaves no stale part behind.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob(f"{prefix}_*.parquet"):
+        old.unlink()
+    written = []
+    for part, start in enumerate(range(0, max(len(records), 1), rows_per_file)):
+        chunk = records[start : start + rows_per_file]
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "image_url": r["image_url"],
+                    "source": r["source"],
+                    "conversations": dragonfly_text(r["conversations"]),
+                }
+                for r in chunk
+            ],
+            schema=DRAGONFLY_SCHEMA,
+        )
+        dest = out_dir / f"{prefix}_{part:05d}.parquet"
+        tmp = dest.with_name(dest.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, dest)
+        written.append(dest)
+    return written
+
+
+def llava_plain_records(records: list[dict[str, Any]], captions: dict[str, str], seed: int) -> list[dict]:
+    """Exactly 2 turns per image: ``<image>`` + a caption instruction, then the caption.
+
+    Images without a caption have nothing to pre-align on and are left out (counted in stats).
+    """
+    out = []
+    for r in records:
+        cap = (captions.get(r["uid"]) or "").strip()
+        if not cap:
+            continue
+        turns = [
+            {"from": "human", "value": caption_instruction(seed, r["uid"])},
+            {"from": "gpt", "value": cap},
+        ]
+        out.append({"id": r["uid"], "image": r["image_url"], "conversations": with_image_token(turns)})
+    return out
+
+
+def pixel_box(box: list[float], width: int, height: int) -> list[int]:
+    """A [0, 1] xyxy box -> pixel ints inside the image (x in [0, width], y in [0, height])."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [
+        min(max(round(x1 * width), 0), width),
+        min(max(round(y1 * height), 0), height),
+        min(max(round(x2 * width), 0), width),
+        min(max(round(y2 * height), 0), height),
+    ]
+
+
+def mg_llava_boxes(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]]) -> list[dict]:
+    """One entry per exported record (same ``id`` as llava.json), boxes best score first; [] when none."""
+    out = []
+    for r in records:
+        row = rows[r["uid"]]
+        w, h = int(row.get("width") or 0), int(row.get("height") or 0)
+        dets = sorted(row.get("detect") or [], key=lambda d: -float(d["score"]))
+        boxes, scores, labels = [], [], []
+        for d in dets:
+            b = pixel_box(d["box"], w, h)
+            if b[2] <= b[0] or b[3] <= b[1]:
+                continue  # no area left in pixels
+            boxes.append(b)
+            scores.append(round(float(d["score"]), 4))
+            labels.append(d["label"])
+        out.append({"id": r["uid"], "boxes": boxes, "scores": scores, "labels": labels})
+    return out

@@ -9,6 +9,7 @@ import importlib
 
 STAGES: dict[str, str] = {
     "exact_dedup": "loupe.pipeline.stages.dedup.exact:ExactDedup",
+    "phash": "loupe.pipeline.stages.dedup.phash:PhashStage",
     "phash_dedup": "loupe.pipeline.stages.dedup.phash:PhashDedup",
     "resolution_filter": "loupe.pipeline.stages.filters:ResolutionFilter",
     "embed": "loupe.pipeline.stages.embed:Embed",

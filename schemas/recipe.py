@@ -210,6 +210,14 @@ class ExactDedupConfig(StageConfig):
     stage: Literal["exact_dedup"]
 
 
+class PhashConfig(StageConfig):
+    """Perceptual hash of every image (a per-row stage, in parallel under Ray): writes the ``phash``
+    table that ``phash_dedup`` searches. Added before ``phash_dedup`` automatically when a recipe has none."""
+
+    stage: Literal["phash"]
+    hash_size: int = Field(8, ge=4, le=32, description="pHash side; the hash has hash_size² bits.")
+
+
 class PhashDedupConfig(StageConfig):
     """Perceptual-hash dedup: drop images within ``max_distance`` Hamming bits of a kept one."""
 
@@ -489,6 +497,7 @@ class ExportConfig(StageConfig):
 StageEntry = Annotated[
     Union[
         ExactDedupConfig,
+        PhashConfig,
         PhashDedupConfig,
         ResolutionFilterConfig,
         EmbedConfig,
@@ -506,6 +515,7 @@ StageEntry = Annotated[
 
 STAGE_NAMES = (
     "exact_dedup",
+    "phash",
     "phash_dedup",
     "resolution_filter",
     "embed",
@@ -643,6 +653,25 @@ class Recipe(Strict):
                 "a repeated stage must differ, e.g. in backend or model"
             )
         return v
+
+    @field_validator("stages")
+    @classmethod
+    def _phash_before_phash_dedup(cls, v: list) -> list:
+        # phash_dedup searches the hashes the per-row `phash` stage wrote; a recipe written before that
+        # stage existed gets one inserted with the same hash_size (so old recipes keep working)
+        out: list = []
+        for i, st in enumerate(v):
+            if st.stage == "phash_dedup":
+                hashed = [p for p in out if p.stage == "phash"]
+                if not hashed:
+                    out.append(PhashConfig(stage="phash", hash_size=st.hash_size, batch_size=st.batch_size))
+                elif hashed[-1].hash_size != st.hash_size:
+                    raise ValueError(
+                        f"stages[{i}].hash_size: {st.hash_size}, but the phash stage before it hashes with "
+                        f"hash_size {hashed[-1].hash_size}; make them equal"
+                    )
+            out.append(st)
+        return out
 
     @field_validator("sources")
     @classmethod

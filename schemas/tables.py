@@ -53,6 +53,22 @@ DEDUP = pa.schema(
     ]
 )
 
+#: per-image perceptual hash (the ``phash`` stage), with what the near-duplicate search needs beside it
+#: (the keep policy's inputs), so ``phash_dedup`` reads this table alone and never the image bytes
+PHASH = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("hash", pa.binary()),  # pHash bits packed big-endian (numpy.packbits), hash_size² bits
+        ("bits", pa.int32()),  # hash_size²
+        ("contrast", pa.float32()),  # std of the 32x32 grey thumbnail (low information below min_contrast)
+        ("palette", pa.bool_()),  # stored with a colour palette (GIF, palette PNG)
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
 CLUSTERS = pa.schema(
     [
         ("method", pa.string()),
@@ -124,6 +140,7 @@ TABLES: dict[str, tuple[str, pa.Schema]] = {
     "samples": ("samples", SAMPLES),
     "embeddings": ("embeddings", EMBEDDINGS),
     "dedup": ("dedup", DEDUP),
+    "phash": ("phash", PHASH),
     "clusters": ("clusters", CLUSTERS),
     "ocr": ("experts/ocr", OCR),
     "detect": ("experts/detect", DETECT),

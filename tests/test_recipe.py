@@ -48,7 +48,7 @@ def test_good_recipe_loads(tmp_path):
 def test_unknown_stage(tmp_path):
     msg = _error(tmp_path, GOOD.replace("stage: ocr", "stage: orc"))
     assert msg == (
-        "r.yaml: stages[1].stage: unknown stage 'orc'; valid: exact_dedup, phash_dedup, resolution_filter, "
+        "r.yaml: stages[1].stage: unknown stage 'orc'; valid: exact_dedup, phash, phash_dedup, resolution_filter, "
         "embed, semdedup, select, clip_score_filter, ocr, detect, tag, caption, export"
     )
 

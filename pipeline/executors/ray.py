@@ -15,7 +15,10 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
   the worker), and for every batch calls the stage (halving the batch on
   out-of-memory, :mod:`loupe.pipeline.executors.oom`) and commits its own shard with
   :meth:`RunDir.commit`. It returns one tiny row ``(n, rows, drops, ...)`` that the driver sums.
-* a **global stage** (dedup, semdedup, select, export) runs as one Ray task with the stage's
+* ``exact_dedup`` and ``phash_dedup`` run as Ray Data shuffles (sha256 partitions; band-LSH buckets,
+  then groups of components) whose tasks commit their own shards (:mod:`loupe.pipeline.executors.ray_dedup`);
+  the driver only sums count rows.
+* any other **global stage** (semdedup, select, export) runs as one Ray task with the stage's
   ``num_cpus``/``num_gpus`` — the same code as the local executor, on a worker.
 
 Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's
@@ -371,6 +374,11 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
 
 def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
     import ray
+
+    from loupe.pipeline.executors.ray_dedup import DISTRIBUTED, run_distributed
+
+    if sp.cls.name in DISTRIBUTED:  # a shuffle over the cluster instead of one task (ray_dedup)
+        return run_distributed(plan, sp, DISTRIBUTED[sp.cls.name], progress)
 
     res = sp.config.resources
     t0 = time.time()

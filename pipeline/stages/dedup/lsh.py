@@ -59,17 +59,20 @@ def _first_shared(keys: list[np.ndarray], band: int, i: np.ndarray, j: np.ndarra
     return keep
 
 
-def band_pairs(codes: np.ndarray, max_distance: int, bands: int | None = None):
-    """Every pair (i < j) of rows within ``max_distance`` bits, once: arrays (i, j, distance)."""
-    n = len(codes)
-    bands = bands or max_distance + 1
-    if bands <= max_distance:
-        raise ValueError(f"bands={bands} must exceed max_distance={max_distance} to find every pair")
-    words = as_words(codes)
-    keys = band_keys(codes, bands)
+def bucket_pairs(
+    words: np.ndarray, keys: list[np.ndarray], band: int, max_distance: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j, distance) within ``max_distance`` among rows sharing their ``band`` value, each
+    kept only when ``band`` is the first band the two share (so over all bands every pair comes once).
+
+    ``words`` are the rows' hashes (:func:`as_words`), ``keys`` their values of every band
+    (:func:`band_keys`). The rows may be any subset holding whole buckets of ``band`` (under Ray, one
+    partition of the shuffle by band value): the result depends only on the rows of each bucket."""
+    n = len(words)
+    key = keys[band]
     out_i, out_j, out_d = [], [], []
 
-    def emit(band: int, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+    def emit(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
         """Keep candidate pairs within the distance whose first identical band is this one."""
         m = d <= max_distance
         i, j, d = i[m], j[m], d[m]
@@ -78,39 +81,49 @@ def band_pairs(codes: np.ndarray, max_distance: int, bands: int | None = None):
         out_j.append(np.maximum(i[m], j[m]))
         out_d.append(d[m])
 
-    for band, key in enumerate(keys):
-        order = np.argsort(key, kind="stable")
-        sk = key[order]
-        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        sizes = np.diff(np.r_[starts, n])
-        bucket_of = np.repeat(np.arange(len(starts)), sizes)
-        size_at = sizes[bucket_of]
-        # small buckets: pair position p with p + g for g = 1 .. size-1, all buckets at once
-        small = np.flatnonzero((size_at >= 2) & (size_at <= SMALL_BUCKET))
-        for g in range(1, SMALL_BUCKET):
-            small = small[small + g < n]
-            small = small[bucket_of[small + g] == bucket_of[small]]
-            if not len(small):
-                break
-            a, c = order[small], order[small + g]
-            emit(band, a, c, _hamming(words, a, c))
-        # large buckets: XOR/popcount matrices of (rows block x bucket), upper triangle only
-        for b in np.flatnonzero(sizes > SMALL_BUCKET):
-            members = order[starts[b] : starts[b] + sizes[b]]
-            w = words[members]
-            s = len(members)
-            step = max(1, MATRIX_CELLS // s)  # rows per block: bounded memory even for huge buckets
-            for r0 in range(0, s - 1, step):
-                r1 = min(r0 + step, s - 1)
-                dist = np.bitwise_count(w[r0:r1, None, :] ^ w[None, :, :]).sum(axis=2, dtype=np.int64)
-                a, c = np.nonzero(dist <= max_distance)
-                later = c > a + r0  # the upper triangle: each pair once, never a row with itself
-                a, c = a[later], c[later]
-                emit(band, members[a + r0], members[c], dist[a, c])
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]]) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    bucket_of = np.repeat(np.arange(len(starts)), sizes)
+    size_at = sizes[bucket_of]
+    # small buckets: pair position p with p + g for g = 1 .. size-1, all buckets at once
+    small = np.flatnonzero((size_at >= 2) & (size_at <= SMALL_BUCKET))
+    for g in range(1, SMALL_BUCKET):
+        small = small[small + g < n]
+        small = small[bucket_of[small + g] == bucket_of[small]]
+        if not len(small):
+            break
+        a, c = order[small], order[small + g]
+        emit(a, c, _hamming(words, a, c))
+    # large buckets: XOR/popcount matrices of (rows block x bucket), upper triangle only
+    for b in np.flatnonzero(sizes > SMALL_BUCKET):
+        members = order[starts[b] : starts[b] + sizes[b]]
+        w = words[members]
+        s = len(members)
+        step = max(1, MATRIX_CELLS // s)  # rows per block: bounded memory even for huge buckets
+        for r0 in range(0, s - 1, step):
+            r1 = min(r0 + step, s - 1)
+            dist = np.bitwise_count(w[r0:r1, None, :] ^ w[None, :, :]).sum(axis=2, dtype=np.int64)
+            a, c = np.nonzero(dist <= max_distance)
+            later = c > a + r0  # the upper triangle: each pair once, never a row with itself
+            a, c = a[later], c[later]
+            emit(members[a + r0], members[c], dist[a, c])
     if not out_i:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+def band_pairs(codes: np.ndarray, max_distance: int, bands: int | None = None):
+    """Every pair (i < j) of rows within ``max_distance`` bits, once: arrays (i, j, distance)."""
+    bands = bands or max_distance + 1
+    if bands <= max_distance:
+        raise ValueError(f"bands={bands} must exceed max_distance={max_distance} to find every pair")
+    words = as_words(codes)
+    keys = band_keys(codes, bands)
+    parts = [bucket_pairs(words, keys, band, max_distance) for band in range(bands)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
 def lsh_neighbours(codes: np.ndarray, radius: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -11,6 +11,12 @@ bands, so every pair within the distance shares one band exactly; only rows shar
 compared), never from all pairs; the search runs once at the largest distance of
 the ``max_distances`` sweep, whose kept counts are reported like SemDeDup's ``epsilons``.
 
+Two stages: ``phash`` (per row: decodes each image once and writes its hash to the ``phash`` table;
+a recipe's ``phash_dedup`` gets one inserted before it) and ``phash_dedup`` (global: reads only that
+table). Under ``--executor ray`` the hashing is a map over actor pools and the search a shuffle by
+band value, then :func:`decide` per group of connected components
+(:mod:`loupe.pipeline.executors.ray_dedup`); both give the kept set :func:`decide` gives on all rows.
+
 With the default 64-bit hash, a resize + JPEG re-encode moves a photo 0-4 bits and a 2-3 % crop
 about 2-12 bits (tests/dedup measure it on scikit-image photos); distinct photos sit 20+ apart,
 so the default ``max_distance: 6`` catches re-encodes and most light crops. Different words on the
@@ -22,19 +28,22 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from PIL import Image
 
+from loupe.pipeline.errors import RecipeError
 from loupe.pipeline.images import DecodeError, decode
 from loupe.pipeline.stage import Stage, StageOutput
 from loupe.pipeline.stages.dedup.confirm import block_difference, contrast, is_palette, keep_key, signature
+from loupe.pipeline.stages.dedup.exact import group_id
 from loupe.pipeline.stages.dedup.lsh import lsh_neighbours
 from loupe.pipeline.vectors import kept_before
-from loupe.schemas.tables import DEDUP, drops_table
+from loupe.schemas.tables import DEDUP, PHASH, drops_table
 
 READ_CHUNK = 512  # images decoded at a time, so a million-image run never holds all bytes at once
 QUERY_CHUNK = 4096  # range-search queries per call (bounds the result buffers)
@@ -115,150 +124,184 @@ def near_duplicates(
     return claim(lsh_neighbours(codes, max_distance), max_distance, confirm, excluded)
 
 
-@dataclass
-class _Info:
-    """What one image contributes: its hash, whether it carries information, its palette flag."""
+class PhashStage(Stage):
+    """Per-row: the pHash of every image, written to the ``phash`` table with what the search needs
+    beside it (contrast, palette flag, and the keep policy's inputs). Under Ray this runs as a map over
+    actor pools, decoding each image once where its bytes are read; undecodable images are dropped here."""
 
-    bits: np.ndarray
-    contrast: float
-    palette: bool
-
-
-class PhashDedup(Stage):
-    name = "phash_dedup"
-    table = "dedup"
-    reads = ("uid", "source", "source_id", "width", "height")  # bytes are streamed in chunks
-    is_global = True
-
-    def _images(
-        self, uids: list[str], fn: Callable[[bytes], object]
-    ) -> tuple[dict[str, object], dict[str, str]]:
-        """``fn(bytes)`` for each uid's image, decoded in chunks on a few threads; errors by uid."""
-        got: dict[str, object] = {}
-        errors: dict[str, str] = {}
-        ds = self.ctx.run.dataset("samples")
-        if ds is None or not uids:
-            return got, errors
-        flt = pads.field("uid").isin(pa.array(uids, pa.string()))
-
-        def one(item: tuple[str, bytes]) -> tuple[str, object]:
-            uid, data = item
-            try:
-                return uid, fn(data)
-            except (DecodeError, OSError, ValueError) as e:
-                return uid, f"{type(e).__name__}: {e}"
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for rb in ds.to_batches(columns=["uid", "image"], filter=flt, batch_size=READ_CHUNK):
-                items = list(zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()))
-                for uid, h in pool.map(one, items):
-                    if isinstance(h, str):
-                        errors[uid] = h
-                    else:
-                        got[uid] = h
-        return got, errors
-
-    def _info(self, data: bytes) -> _Info:
-        img = decode(data)
-        return _Info(phash_bits(img, self.config.hash_size), contrast(img), is_palette(data))
+    name = "phash"
+    table = "phash"
+    reads = ("uid", "image", "source", "source_id", "width", "height")
 
     def __call__(self, batch: pa.Table) -> StageOutput:
-        cfg = self.config
-        key = lambda r: (r["source"] or "", r["source_id"] or "", r["uid"])  # noqa: E731
-        rows_in = sorted(batch.to_pylist(), key=key)
-        # a resumed run with new samples: the images this stage kept before come first and stay kept
-        earlier = kept_before(self.ctx, self.table, [r["uid"] for r in rows_in])
-        if earlier:
-            t = self.ctx.run.read_table("samples", list(self.reads), filter_uids=earlier)
-            rows_in = [dict(r, earlier=True) for r in sorted(t.to_pylist(), key=key)] + rows_in
-        infos, errors = self._images([r["uid"] for r in rows_in], self._info)
-        old = set(earlier)
-        drops = [self.drop(u, "decode_error", e) for u, e in errors.items() if u not in old]
-        rows = [r for r in rows_in if r["uid"] in infos]
-        # priority: earlier-kept first, then the keep policy (largest true-colour copy by default)
-        for order, r in enumerate(rows):
-            info = infos[r["uid"]]
-            r["_key"] = (
-                not r.get("earlier"),
-                *keep_key(cfg.keep, order, r["width"] or 0, r["height"] or 0, info.palette),
-            )
-        rows.sort(key=lambda r: r["_key"])
-        bits = cfg.hash_size**2
-        codes = pack(np.stack([infos[r["uid"]].bits for r in rows])) if rows else np.zeros((0, 1), np.uint8)
-        excluded = np.array([infos[r["uid"]].contrast < cfg.min_contrast for r in rows], bool)
-        sweep = sorted({cfg.max_distance, *cfg.max_distances})
-        nbrs = lsh_neighbours(codes, max(sweep)) if rows else ([], [])
-        confirm, checked = self._confirmer(rows, nbrs, excluded)
-        dup, dist = claim(nbrs, cfg.max_distance, confirm, excluded)
-        kept_at = {
-            d: int((claim(nbrs, d, confirm, excluded)[0] < 0).sum()) for d in sweep if d != cfg.max_distance
-        }
-        kept_at[cfg.max_distance] = int((dup < 0).sum())
-        root = np.arange(len(rows))
-        root[dup >= 0] = dup[dup >= 0]  # a kept row is its own group; duplicates join their keeper
-        grouped = set(root[dup >= 0].tolist())
-        out = []
-        for j, r in enumerate(rows):
-            if r.get("earlier"):
-                continue
-            is_dup = dup[j] >= 0
-            keeper = rows[dup[j]] if is_dup else None
-            out.append(
-                {
-                    "uid": r["uid"],
-                    "method": "phash",
-                    "cluster": int(root[j]) if root[j] in grouped else None,
-                    "duplicate_of": keeper["uid"] if keeper else None,
-                    "similarity": 1 - dist[j] / bits if is_dup else None,
-                    "kept": not is_dup,
-                }
-            )
-            if keeper:
-                drops.append(
-                    self.drop(
-                        r["uid"],
-                        "near_duplicate",
-                        f"{r['source_id']} is {dist[j]} bits from {keeper['source_id']} "
-                        f"(max_distance {cfg.max_distance} of {bits}; confirmed, block difference "
-                        f"{checked[(int(dup[j]), j)]:.2f} <= {cfg.confirm_threshold}; keep {cfg.keep})"
-                        if cfg.confirm
-                        else f"{r['source_id']} is {dist[j]} bits from {keeper['source_id']} "
-                        f"(max_distance {cfg.max_distance} of {bits}; keep {cfg.keep})",
-                        keeper["uid"],
-                    )
+        size = self.config.hash_size
+        rows, drops = [], []
+        for r in batch.to_pylist():
+            try:
+                img = decode(r["image"])
+                bits = phash_bits(img, size)
+                rows.append(
+                    {
+                        "uid": r["uid"],
+                        "hash": np.packbits(bits).tobytes(),
+                        "bits": size * size,
+                        "contrast": contrast(img),
+                        "palette": is_palette(r["image"]),
+                        **{k: r[k] for k in ("source", "source_id", "width", "height")},
+                    }
                 )
-        return StageOutput(
-            rows=pa.Table.from_pylist(out, schema=DEDUP),
-            drops=drops_table(drops),
-            metrics={
-                "duplicate_groups": len(grouped),
-                "near_duplicates": int((dup >= 0).sum()),
-                "low_information": int(excluded.sum()),
-                "pairs_rejected_by_confirmation": sum(v > cfg.confirm_threshold for v in checked.values()),
-                # like SemDeDup's kept_eps_*: the kept count at every max_distance of the sweep
-                **{f"kept_max_distance_{d}": kept_at[d] for d in sweep},
-            },
-        )
+            except (DecodeError, OSError, ValueError) as e:
+                drops.append(self.drop(r["uid"], "decode_error", f"{type(e).__name__}: {e}"))
+        return StageOutput(rows=pa.Table.from_pylist(rows, schema=PHASH), drops=drops_table(drops))
 
-    def _confirmer(
-        self, rows: list[dict], nbrs: tuple[list[np.ndarray], list[np.ndarray]], excluded: np.ndarray
-    ) -> tuple[Callable[[int, int], bool] | None, dict[tuple[int, int], float]]:
-        """The second check (``confirm``): block difference of the pair's thumbnails, cached per pair.
-        Thumbnails are computed only for images that have a candidate at all."""
-        checked: dict[tuple[int, int], float] = {}
-        if not self.config.confirm:
-            return None, checked
+
+def decide(
+    rows: pa.Table, cfg: Any, signatures: Callable[[list[str]], dict[str, np.ndarray]], stage: Stage
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """The near-duplicate rule on ``phash`` rows (plus a bool ``earlier``: kept by an earlier run of the
+    stage): dedup rows and drop rows of the rows not ``earlier``, and the metrics.
+
+    Any set of rows closed under the candidate pairs (a whole connected component of the pairs within
+    the largest swept distance, or the whole run) gives the same decisions for its rows, because only
+    rows within that distance ever claim each other: the Ray path applies it per group of components.
+    ``signatures(uids)`` gives the confirmation thumbnails of the images that have a candidate."""
+    bits = cfg.hash_size**2
+    recs = rows.to_pylist()
+    # priority: earlier-kept first, then the keep policy (largest true-colour copy by default)
+    for r in recs:
+        order = (r["source"] or "", r["source_id"] or "", r["uid"])
+        r["_key"] = (
+            not r["earlier"],
+            *keep_key(cfg.keep, order, r["width"] or 0, r["height"] or 0, r["palette"]),
+        )
+    recs.sort(key=lambda r: r["_key"])
+    n = len(recs)
+    codes = (
+        np.frombuffer(b"".join(r["hash"] for r in recs), np.uint8).reshape(n, -1)
+        if n
+        else np.zeros((0, 1), np.uint8)
+    )
+    excluded = np.array([r["contrast"] < cfg.min_contrast for r in recs], bool)
+    sweep = sorted({cfg.max_distance, *cfg.max_distances})
+    nbrs = lsh_neighbours(codes, max(sweep)) if n else ([], [])
+    checked: dict[tuple[int, int], float] = {}
+    confirm = None
+    if cfg.confirm:
         candidates = sorted({i for i, near in enumerate(nbrs[0]) if len(near) > 1 and not excluded[i]})
-        sigs, _ = self._images([rows[i]["uid"] for i in candidates], lambda data: signature(decode(data)))
-        by_row = {i: sigs.get(rows[i]["uid"]) for i in candidates}
+        sigs = signatures([recs[i]["uid"] for i in candidates]) if candidates else {}
+        by_row = {i: sigs.get(recs[i]["uid"]) for i in candidates}
 
         def confirm(i: int, j: int) -> bool:
             if (i, j) not in checked:
                 a, b = by_row.get(i), by_row.get(j)
                 checked[(i, j)] = np.inf if a is None or b is None else block_difference(a, b)
-            return checked[(i, j)] <= self.config.confirm_threshold
+            return checked[(i, j)] <= cfg.confirm_threshold
 
-        return confirm, checked
+    dup, dist = claim(nbrs, cfg.max_distance, confirm, excluded)
+    kept_at = {
+        d: int((claim(nbrs, d, confirm, excluded)[0] < 0).sum()) for d in sweep if d != cfg.max_distance
+    }
+    kept_at[cfg.max_distance] = int((dup < 0).sum())
+    grouped = set(dup[dup >= 0].tolist())
+    out, drops = [], []
+    for j, r in enumerate(recs):
+        if r["earlier"]:
+            continue
+        is_dup = dup[j] >= 0
+        keeper = recs[dup[j]] if is_dup else None
+        root = keeper["uid"] if keeper else r["uid"]
+        out.append(
+            {
+                "uid": r["uid"],
+                "method": "phash",
+                "cluster": group_id(root) if is_dup or j in grouped else None,
+                "duplicate_of": keeper["uid"] if keeper else None,
+                "similarity": 1 - dist[j] / bits if is_dup else None,
+                "kept": not is_dup,
+            }
+        )
+        if keeper:
+            why = (
+                f"confirmed, block difference {checked[(int(dup[j]), j)]:.2f} <= {cfg.confirm_threshold}; "
+                if cfg.confirm
+                else ""
+            )
+            drops.append(
+                stage.drop(
+                    r["uid"],
+                    "near_duplicate",
+                    f"{r['source_id']} is {dist[j]} bits from {keeper['source_id']} "
+                    f"(max_distance {cfg.max_distance} of {bits}; {why}keep {cfg.keep})",
+                    keeper["uid"],
+                )
+            )
+    metrics = {
+        "duplicate_groups": len(grouped),
+        "near_duplicates": int((dup >= 0).sum()),
+        "low_information": int(excluded.sum()),
+        "pairs_rejected_by_confirmation": sum(v > cfg.confirm_threshold for v in checked.values()),
+        # like SemDeDup's kept_eps_*: the kept count at every max_distance of the sweep
+        **{f"kept_max_distance_{d}": kept_at[d] for d in sweep},
+    }
+    return out, drops, metrics
+
+
+def phash_rows(run: Any, uids: list[str], hash_size: int) -> pa.Table:
+    """The ``phash`` rows (hash_size² bits) of ``uids``, one per uid."""
+    t = run.read_table("phash", list(PHASH.names), filter_uids=uids)
+    t = t.filter(pc.equal(t["bits"], hash_size * hash_size))
+    _, first = np.unique(np.asarray(t["uid"].to_pylist(), dtype=object).astype(str), return_index=True)
+    return t.take(pa.array(np.sort(first))) if t.num_rows else t
+
+
+class PhashDedup(Stage):
+    """The search: reads only the ``phash`` table (hashes + keep-policy inputs); image bytes are read
+    again only for the few images with a candidate, for the confirmation thumbnails."""
+
+    name = "phash_dedup"
+    table = "dedup"
+    reads = ("uid",)
+    is_global = True
+
+    def signatures(self, uids: list[str]) -> dict[str, np.ndarray]:
+        """Confirmation thumbnails of ``uids``, decoded in chunks on a few threads (errors: none)."""
+        got: dict[str, np.ndarray] = {}
+        ds = self.ctx.run.dataset("samples")
+        if ds is None or not uids:
+            return got
+        flt = pads.field("uid").isin(pa.array(uids, pa.string()))
+
+        def one(item: tuple[str, bytes]) -> tuple[str, np.ndarray | None]:
+            try:
+                return item[0], signature(decode(item[1]))
+            except (DecodeError, OSError, ValueError):
+                return item[0], None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for rb in ds.to_batches(columns=["uid", "image"], filter=flt, batch_size=READ_CHUNK):
+                items = list(zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()))
+                got.update((u, s) for u, s in pool.map(one, items) if s is not None)
+        return got
+
+    def __call__(self, batch: pa.Table) -> StageOutput:
+        uids = batch["uid"].to_pylist()
+        # a resumed run with new samples: the images this stage kept before come first and stay kept
+        earlier = kept_before(self.ctx, self.table, uids)
+        rows = phash_rows(self.ctx.run, earlier + uids, self.config.hash_size)
+        missing = set(uids) - set(rows["uid"].to_pylist())
+        if missing:
+            raise RecipeError(
+                f"{self.ctx.stage_name}: no phash of hash_size {self.config.hash_size} for {len(missing)} "
+                f"live samples (e.g. {sorted(missing)[0]}); add `- stage: phash` before it"
+            )
+        old = set(earlier)
+        rows = rows.append_column(
+            "earlier", pa.array([u in old for u in rows["uid"].to_pylist()], pa.bool_())
+        )
+        out, drops, metrics = decide(rows, self.config, self.signatures, self)
+        return StageOutput(
+            rows=pa.Table.from_pylist(out, schema=DEDUP), drops=drops_table(drops), metrics=metrics
+        )
 
 
 def phash_of_bytes(data: bytes, hash_size: int = 8) -> np.ndarray:

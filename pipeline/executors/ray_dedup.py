@@ -1,0 +1,396 @@
+"""Exact and pHash dedup on Ray Data: shuffles, so no process holds every row.
+
+* **exact_dedup** — the ``samples`` shards' ``(uid, sha256, source, source_id)`` columns are read by
+  Ray Data, kept to the live uids, and hash-partitioned on sha256 (``groupby(part)`` with ``part`` =
+  sha256 mod P): every row with a given sha256 lands in one task, which applies
+  :func:`~loupe.pipeline.stages.dedup.exact.exact_rule` (the local executor's rule) and commits its
+  own shard. The driver sees one count row per partition.
+* **phash_dedup** — reads the ``phash`` table only (the per-row ``phash`` stage wrote it, in parallel).
+  Band LSH as a shuffle: each row is emitted once per band with its band value, and the shuffle by
+  (band, value) puts every bucket in one task, which pairs its rows within the distance
+  (:func:`~loupe.pipeline.stages.dedup.lsh.bucket_pairs`, each pair once: in its first shared band).
+  The candidate pairs (only near pairs: a small fraction of the rows) go to one task that labels their
+  connected components (scipy); rows in no pair are kept as they are, by a map. The rows of each group
+  of components, with the confirmation thumbnails of their images (a map over the ``samples`` shards
+  reading only those images), meet in one task (``groupby(bucket)``) that runs
+  :func:`~loupe.pipeline.stages.dedup.phash.decide`, the local executor's rule: rows of different
+  components never claim each other, so the decisions equal the local run's.
+
+Exactly once: each task commits its own shard with the run-dir protocol, covering whole sha256
+groups / whole components, so a killed driver's rerun redoes only the uncommitted groups and gets the
+same decisions (a committed group's kept rows come back as ``earlier`` rows, alone in their group).
+A task retried by Ray after its commit landed finds its uids committed and does not write them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from rich.progress import Progress
+
+from loupe.pipeline.errors import LoupeError, RecipeError
+from loupe.pipeline.executors.local import _commit, _rate, finish_task
+from loupe.pipeline.executors.oom import merge_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, stage_metrics
+from loupe.pipeline.stage import StageOutput
+from loupe.schemas.tables import DEDUP, PHASH, drops_table
+
+#: most shuffle partitions of one stage (a partition holds about N / P rows)
+MAX_PARTITIONS = 256
+#: Read tasks are I/O bound (as in loupe.pipeline.executors.ray)
+_IO_CPUS = 0.25
+_SUMMARY = pa.schema(
+    [("n", pa.int64()), ("rows", pa.int64()), ("drops", pa.int64()), ("metrics", pa.string())]
+)
+
+
+def partitions(n: int, sp: StagePlan) -> int:
+    """Shuffle partitions for ``n`` rows: about ``batch_size`` rows each, at most :data:`MAX_PARTITIONS`."""
+    return max(1, min(MAX_PARTITIONS, math.ceil(n / sp.config.batch_size)))
+
+
+def _summary(n: int = 0, rows: int = 0, drops: int = 0, metrics: dict | None = None) -> pa.Table:
+    return pa.table(
+        {"n": [n], "rows": [rows], "drops": [drops], "metrics": [json.dumps(metrics or {})]}, schema=_SUMMARY
+    )
+
+
+def _live(batch: pa.Table, live: Any, todo: Any) -> pa.Table:
+    """Rows of live uids, with ``earlier`` = live but not to do (kept by an earlier run of the stage)."""
+    import ray
+
+    live, todo = (ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in (live, todo))
+    batch = batch.filter(pc.is_in(batch["uid"], value_set=live))
+    return batch.append_column("earlier", pc.invert(pc.is_in(batch["uid"], value_set=todo)))
+
+
+def _stage_of(plan: Plan, stage_id: str):
+    from loupe.pipeline.executors.ray import _apply_env
+
+    _apply_env()
+    sp = next(s for s in plan.stages if s.id == stage_id)
+    return sp, sp.cls(sp.config, plan.context(stage_id))
+
+
+def _commit_once(
+    plan: Plan, sp: StagePlan, baseline: frozenset[str], out: StageOutput, todo: list[str]
+) -> tuple:
+    """Commit a group's output unless a retried attempt of this task already did (then count nothing)."""
+    from loupe.pipeline.executors.ray import committed_since
+
+    if set(todo) & committed_since(plan.run, sp, baseline):
+        return 0, 0
+    return _commit(plan, sp.id, sp.table, out, todo)
+
+
+# ------------------------------------------------------------------------------------------ exact
+def _sha_part(batch: pa.Table, parts: int) -> pa.Table:
+    part = [int(s[:12], 16) % parts if s else 0 for s in batch["sha256"].to_pylist()]
+    return batch.append_column("part", pa.array(part, pa.int64()))
+
+
+def _exact_group(batch: pa.Table, plan: Plan, stage_id: str, baseline: frozenset[str]) -> pa.Table:
+    from loupe.pipeline.stages.dedup.exact import exact_rule
+
+    sp, stage = _stage_of(plan, stage_id)
+    rows = batch.drop_columns(["part"]).to_pylist()
+    todo = [r["uid"] for r in rows if not r["earlier"]]
+    if not todo:
+        return _summary()
+    out, drops, groups = exact_rule(rows, stage)
+    res = StageOutput(rows=pa.Table.from_pylist(out, schema=DEDUP), drops=drops_table(drops))
+    n_rows, n_drops = _commit_once(plan, sp, baseline, res, todo)
+    return _summary(len(todo), n_rows, n_drops, {"duplicate_groups": groups} if n_rows or n_drops else {})
+
+
+def exact_ray(
+    plan: Plan, sp: StagePlan, live_ref: Any, todo_ref: Any, n: int, baseline
+) -> Iterator[pa.Table]:
+    import ray.data
+
+    files = [str(f) for f in plan.run.shard_files("samples")]
+    parts = partitions(n, sp)
+    ds = ray.data.read_parquet(files, columns=list(sp.cls.reads), num_cpus=_IO_CPUS)
+    ds = ds.map_batches(
+        _live, fn_kwargs={"live": live_ref, "todo": todo_ref}, batch_format="pyarrow", batch_size=None
+    )
+    ds = ds.map_batches(_sha_part, fn_kwargs={"parts": parts}, batch_format="pyarrow", batch_size=None)
+    out = ds.groupby("part", num_partitions=parts).map_groups(
+        _exact_group,
+        fn_kwargs={"plan": plan, "stage_id": sp.id, "baseline": baseline},
+        batch_format="pyarrow",
+        num_cpus=sp.config.resources.num_cpus,
+    )
+    yield from out.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+# ------------------------------------------------------------------------------------------ phash
+def _phash_rows(batch: pa.Table, live: Any, todo: Any, bits: int) -> pa.Table:
+    batch = _live(batch, live, todo)
+    return batch.filter(pc.equal(batch["bits"], bits))
+
+
+def _band_rows(batch: pa.Table, bands: int, parts: int, min_contrast: float) -> pa.Table:
+    """One row per (row, band): partition of its (band, value) bucket, the band, the uid and the hash.
+    Low-information rows never pair (they neither claim nor are claimed) and are left out."""
+    from loupe.pipeline.stages.dedup.lsh import band_keys
+
+    batch = batch.filter(pc.greater_equal(batch["contrast"], min_contrast))
+    n = batch.num_rows
+    if not n:
+        return pa.table({"part": pa.array([], pa.int64()), "band": pa.array([], pa.int64()),
+                         "uid": pa.array([], pa.string()), "hash": pa.array([], pa.binary())})  # fmt: skip
+    codes = np.frombuffer(b"".join(batch["hash"].to_pylist()), np.uint8).reshape(n, -1)
+    keys = band_keys(codes, bands)
+    part = [
+        ((k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) + np.uint64(b)) % np.uint64(parts)
+        for b, k in enumerate(keys)
+    ]
+    return pa.table(
+        {
+            "part": pa.array(np.concatenate(part).astype(np.int64)),
+            "band": pa.array(np.repeat(np.arange(bands), n).astype(np.int64)),
+            "uid": pa.concat_arrays([batch["uid"].combine_chunks()] * bands),
+            "hash": pa.concat_arrays([batch["hash"].combine_chunks()] * bands),
+        }
+    )
+
+
+def _pairs_in_part(batch: pa.Table, bands: int, radius: int) -> pa.Table:
+    """Candidate pairs (a, b: uids, a < b by position) of the buckets in one partition of the shuffle."""
+    from loupe.pipeline.stages.dedup.lsh import as_words, band_keys, bucket_pairs
+
+    out_a, out_b = [], []
+    band_col = batch["band"].to_numpy()
+    for band in np.unique(band_col):
+        rows = batch.filter(pc.equal(batch["band"], int(band)))
+        codes = np.frombuffer(b"".join(rows["hash"].to_pylist()), np.uint8).reshape(rows.num_rows, -1)
+        i, j, _ = bucket_pairs(as_words(codes), band_keys(codes, bands), int(band), radius)
+        uids = rows["uid"].combine_chunks()
+        out_a.append(uids.take(pa.array(i)))
+        out_b.append(uids.take(pa.array(j)))
+    if not out_a:
+        return pa.table({"a": pa.array([], pa.string()), "b": pa.array([], pa.string())})
+    return pa.table({"a": pa.concat_arrays(out_a), "b": pa.concat_arrays(out_b)})
+
+
+def _components(pair_blocks: list[Any], parts: int) -> tuple[pa.Table, int, int]:
+    """The connected components of the candidate pairs: ``(uid, bucket)`` for every uid in a pair (the
+    bucket of its component), the number of rows in pairs and of pairs. One task, O(pairs) memory."""
+    import ray
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    tables = [t for t in ray.get(pair_blocks) if t.num_rows]
+    if not tables:
+        return pa.table({"uid": pa.array([], pa.string()), "bucket": pa.array([], pa.int64())}), 0, 0
+    t = pa.concat_tables(tables)
+    a, b = t["a"].to_numpy(zero_copy_only=False), t["b"].to_numpy(zero_copy_only=False)
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    m = len(a)
+    graph = coo_matrix((np.ones(m, np.int8), (inv[:m], inv[m:])), shape=(len(nodes), len(nodes)))
+    _, label = connected_components(graph, directed=False)
+    return (
+        pa.table({"uid": pa.array(nodes, pa.string()), "bucket": pa.array(label % parts, pa.int64())}),
+        len(nodes),
+        m,
+    )
+
+
+def _mapping(ref: Any) -> dict[str, int]:
+    import ray
+
+    t = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+    return dict(zip(t["uid"].to_pylist(), t["bucket"].to_pylist()))
+
+
+def _with_bucket(batch: pa.Table, components: Any) -> pa.Table:
+    """The rows in some candidate pair, with their component group's bucket and no thumbnail yet."""
+    bucket = _mapping(components)
+    batch = batch.filter(pc.is_in(batch["uid"], value_set=pa.array(list(bucket), pa.string())))
+    batch = batch.append_column("bucket", pa.array([bucket[u] for u in batch["uid"].to_pylist()], pa.int64()))
+    return batch.append_column("sig", pa.nulls(batch.num_rows, pa.binary()))
+
+
+def _thumbnails(batch: pa.Table, components: Any, schema: pa.Schema) -> pa.Table:
+    """Confirmation thumbnails of the images in some candidate pair, as rows of the group schema."""
+    from loupe.pipeline.images import DecodeError, decode
+    from loupe.pipeline.stages.dedup.confirm import signature
+
+    bucket = _mapping(components)
+    batch = batch.filter(pc.is_in(batch["uid"], value_set=pa.array(list(bucket), pa.string())))
+    uids, sigs = [], []
+    for uid, data in zip(batch["uid"].to_pylist(), batch["image"].to_pylist()):
+        try:
+            sigs.append(signature(decode(data)).astype(np.float32).tobytes())
+            uids.append(uid)
+        except (DecodeError, OSError, ValueError):
+            continue  # no thumbnail: its pairs are not confirmed, as in the local executor
+    cols = {
+        f.name: pa.nulls(len(uids), f.type)
+        for f in schema
+        if f.name not in ("uid", "bucket", "sig", "earlier")
+    }
+    t = pa.table(
+        {
+            **cols,
+            "uid": pa.array(uids, pa.string()),
+            "earlier": pa.array([False] * len(uids)),
+            "bucket": pa.array([bucket[u] for u in uids], pa.int64()),
+            "sig": pa.array(sigs, pa.binary()),
+        }  # fmt: skip
+    )
+    return t.select(schema.names).cast(schema)
+
+
+def _phash_component_group(batch: pa.Table, plan: Plan, stage_id: str, baseline: frozenset[str]) -> pa.Table:
+    """Whole components: :func:`decide` on their rows, committed as one shard."""
+    from loupe.pipeline.stages.dedup.confirm import THUMB
+    from loupe.pipeline.stages.dedup.phash import decide
+
+    sp, stage = _stage_of(plan, stage_id)
+    has_sig = pc.is_valid(batch["sig"])
+    thumbs = batch.filter(has_sig)
+    sigs = {
+        u: np.frombuffer(s, np.float32).reshape(THUMB, THUMB)
+        for u, s in zip(thumbs["uid"].to_pylist(), thumbs["sig"].to_pylist())
+    }
+    rows = batch.filter(pc.invert(has_sig)).drop_columns(["bucket", "sig"])
+    todo = [u for u, e in zip(rows["uid"].to_pylist(), rows["earlier"].to_pylist()) if not e]
+    if not todo:
+        return _summary()
+    out, drops, metrics = decide(rows, sp.config, lambda uids: {u: sigs[u] for u in uids if u in sigs}, stage)
+    res = StageOutput(rows=pa.Table.from_pylist(out, schema=DEDUP), drops=drops_table(drops))
+    n_rows, n_drops = _commit_once(plan, sp, baseline, res, todo)
+    return _summary(len(todo), n_rows, n_drops, metrics if n_rows or n_drops else {})
+
+
+def _phash_singletons(batch: pa.Table, components: Any, plan: Plan, stage_id: str, baseline) -> pa.Table:
+    """Rows in no candidate pair: kept, no group. Committed per batch."""
+    sp, _ = _stage_of(plan, stage_id)
+    cfg = sp.config
+    bucket = _mapping(components)
+    batch = batch.filter(pc.invert(pc.is_in(batch["uid"], value_set=pa.array(list(bucket), pa.string()))))
+    sweep = sorted({cfg.max_distance, *cfg.max_distances})
+    metrics = {
+        "low_information": int(pc.sum(pc.less(batch["contrast"], cfg.min_contrast)).as_py() or 0),
+        **{f"kept_max_distance_{d}": batch.num_rows for d in sweep},
+    }
+    todo = batch.filter(pc.invert(batch["earlier"]))["uid"].to_pylist()
+    if not todo:
+        return _summary(0, 0, 0, metrics)
+    rows = [{"uid": u, "method": "phash", "cluster": None, "duplicate_of": None, "similarity": None, "kept": True}
+            for u in todo]  # fmt: skip
+    res = StageOutput(rows=pa.Table.from_pylist(rows, schema=DEDUP), drops=drops_table([]))
+    n_rows, n_drops = _commit_once(plan, sp, baseline, res, todo)
+    return _summary(len(todo), n_rows, n_drops, metrics if n_rows else {})
+
+
+def phash_ray(
+    plan: Plan, sp: StagePlan, live_ref: Any, todo_ref: Any, n: int, baseline
+) -> Iterator[pa.Table]:
+    import ray
+    import ray.data
+
+    cfg = sp.config
+    files = [str(f) for f in plan.run.shard_files("phash")]
+    if not files:
+        raise RecipeError(f"{sp.id}: no phash table in the run; add `- stage: phash` before it")
+    radius = max({cfg.max_distance, *cfg.max_distances})
+    bands = radius + 1
+    parts = partitions(n, sp)
+    kw = {"batch_format": "pyarrow", "batch_size": None}
+    rows = ray.data.read_parquet(files, columns=list(PHASH.names), num_cpus=_IO_CPUS)
+    rows = rows.map_batches(
+        _phash_rows, fn_kwargs={"live": live_ref, "todo": todo_ref, "bits": cfg.hash_size**2}, **kw
+    )
+    rows = rows.materialize()
+    if rows.count() < n:
+        raise RecipeError(
+            f"{sp.id}: {n - rows.count()} live samples have no phash of hash_size {cfg.hash_size}; "
+            "add `- stage: phash` before it"
+        )
+    # 1. band LSH as a shuffle: every (band, value) bucket in one task, which emits its near pairs
+    banded = rows.map_batches(
+        _band_rows, fn_kwargs={"bands": bands, "parts": parts, "min_contrast": cfg.min_contrast}, **kw
+    )
+    pairs = banded.groupby("part", num_partitions=parts).map_groups(
+        _pairs_in_part, fn_kwargs={"bands": bands, "radius": radius}, batch_format="pyarrow"
+    )
+    pair_refs = pairs.materialize().to_arrow_refs()
+    # 2. components of the pairs, in one task; the driver keeps only a reference to the labels
+    comp_ref, nodes_ref, n_pairs_ref = ray.remote(_components).options(num_returns=3).remote(pair_refs, parts)
+    nodes, n_pairs = ray.get([nodes_ref, n_pairs_ref])
+    yield _summary(0, 0, 0, {"candidate_pairs": n_pairs, "rows_in_pairs": nodes})
+    # 3. rows in no pair: kept
+    single = rows.map_batches(
+        _phash_singletons,
+        fn_kwargs={"components": comp_ref, "plan": plan, "stage_id": sp.id, "baseline": baseline},
+        **kw,
+    )
+    yield from single.iter_batches(batch_size=None, batch_format="pyarrow")
+    if not nodes:
+        return
+    # 4. the rows of each group of components meet their thumbnails in one task, which decides
+    grouped = rows.map_batches(_with_bucket, fn_kwargs={"components": comp_ref}, **kw)
+    if cfg.confirm:
+        schema = PHASH.append(pa.field("earlier", pa.bool_())).append(pa.field("bucket", pa.int64()))
+        schema = schema.append(pa.field("sig", pa.binary()))
+        samples = [str(f) for f in plan.run.shard_files("samples")]
+        thumbs = ray.data.read_parquet(samples, columns=["uid", "image"], num_cpus=_IO_CPUS)
+        thumbs = thumbs.map_batches(_thumbnails, fn_kwargs={"components": comp_ref, "schema": schema}, **kw)
+        grouped = grouped.union(thumbs)
+    out = grouped.groupby("bucket", num_partitions=parts).map_groups(
+        _phash_component_group,
+        fn_kwargs={"plan": plan, "stage_id": sp.id, "baseline": baseline},
+        batch_format="pyarrow",
+        num_cpus=cfg.resources.num_cpus,
+    )
+    yield from out.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+# ------------------------------------------------------------------------------------------ driver
+Build = Callable[[Plan, StagePlan, Any, Any, int, frozenset], Iterator[pa.Table]]
+
+#: global stages (by stage name) that run as Ray Data shuffles instead of one task
+DISTRIBUTED: dict[str, Build] = {"exact_dedup": exact_ray, "phash_dedup": phash_ray}
+
+
+def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress) -> dict:
+    """Run a global stage as ``build``'s Ray Data pipeline; the driver only sums its count rows."""
+    import ray
+
+    run = plan.run
+    t0 = time.time()
+    live = run.live_uids()
+    done = run.done_uids(sp.id, sp.table)
+    todo = live if sp.cls.rerun_all else live - done
+    baseline = frozenset(f.name for f in run.shard_files(sp.table, sp.id))
+    task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
+    run.update_stage(sp.id, status="running", table=sp.table)
+    n = rows = drops = 0
+    extra: dict[str, Any] = {}
+    if todo:
+        live_ref = ray.put(pa.array(sorted(live), pa.string()))
+        todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
+        for part in build(plan, sp, live_ref, todo_ref, len(live), baseline):
+            for r in part.to_pylist():
+                n, rows, drops = n + r["n"], rows + r["rows"], drops + r["drops"]
+                merge_metrics(extra, json.loads(r["metrics"]))
+                progress.update(task, advance=r["n"], drops=drops, rate=_rate(n, time.time() - t0))
+    m = stage_metrics(
+        len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
+        distributed=True, num_cpus=sp.config.resources.num_cpus, **extra,
+    )  # fmt: skip
+    if n != len(todo):
+        raise LoupeError(f"stage {sp.id}: {n} of {len(todo)} samples were processed; rerun to resume")
+    run.update_stage(sp.id, status="complete", **m)
+    finish_task(progress, task, sp.id, m)
+    return m

@@ -54,15 +54,15 @@ def test_identity_ignores_execution_knobs_and_chains_inputs(tmp_path, demo_image
 
 def test_edit_late_stage_reuses_upstream_and_batch_size_recomputes_nothing(tmp_path, demo_images):
     plan1, m1 = _run(tmp_path, demo_images, STAGES)
-    assert computed(m1) == ["ingest", "exact_dedup", "phash_dedup", "resolution_filter", "caption", "export"]
+    assert computed(m1) == ["ingest", "exact_dedup", "phash", "phash_dedup", "resolution_filter", "caption", "export"]
     first = plan1.run.manifest()["stages"]
 
-    # edit the caption stage: a new run dir; the four stages before it are linked, not recomputed
+    # edit the caption stage: a new run dir; the five stages (phash inserted before phash_dedup) before it are linked, not recomputed
     plan2, m2 = _run(tmp_path, demo_images, STAGES.replace("min_words: 3", "min_words: 4"))
     assert plan2.run.path != plan1.run.path
     assert computed(m2) == ["caption", "export"]
     second = plan2.run.manifest()["stages"]
-    for s in ("ingest", "exact_dedup", "phash_dedup", "resolution_filter"):
+    for s in ("ingest", "exact_dedup", "phash", "phash_dedup", "resolution_filter"):
         assert second[s]["reused_from"] == str(plan1.run.path)
         assert second[s]["seconds"] == first[s]["seconds"]  # the original timings
     same = "SELECT uid, stage, reason FROM drops WHERE stage <> 'caption' ORDER BY 1, 2"

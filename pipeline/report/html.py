@@ -1,39 +1,26 @@
-"""HTML of the report: one jinja2 template (templates/report.html.j2) with autoescape on.
+"""HTML of the report: jinja2 templates (templates/report.html.j2 and the blocks it includes,
+templates/train.html.j2 for a training output) with autoescape on.
 
 Every value that comes from data (alt-texts, captions, OCR text, labels, file names, recipe fields)
 is escaped by jinja2's autoescape — a caption may well contain ``<script>``; only the bundled CSS and
 JS go in unescaped. This module builds the template's context from :class:`ReportData`.
-``esc``/``_table`` remain for the training report (``report/train.py``).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import time
-from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from loupe.pipeline.loop.report import pipeline_section
+from loupe.pipeline.loop.report import pipeline_context
 from loupe.pipeline.report.data import ReportData
 from loupe.pipeline.report.extras import REPETITIVE, cluster_colour
 
 
-def esc(value: Any) -> str:
-    return "" if value is None else html.escape(str(value), quote=True)
-
-
 def _asset(name: str) -> str:
     return resources.files("loupe.pipeline.report").joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def _table(headers: Iterable[str], rows: Iterable[str], attrs: str = "") -> str:
-    head = "".join(
-        f'<th class="{"num" if h.startswith("#") else ""}">{esc(h.lstrip("#"))}</th>' for h in headers
-    )
-    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 @lru_cache(maxsize=1)
@@ -140,7 +127,7 @@ def render_page(
             compare_path=compare_path,
             token_kv=token_kv,
             quality_rows=quality_rows,
-            pipeline_html=pipeline_section(m, plots.get("pipeline") or {}),
+            pipeline=pipeline_context(m, plots.get("pipeline") or {}),
             shown=shown,
             ranges=RANGES,
             version=m.get("loupe_version", ""),

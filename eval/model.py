@@ -110,6 +110,16 @@ class TokenVLM:
     ) -> dict:
         raise NotImplementedError
 
+    def _stop_ids(self) -> list[int]:
+        """Token ids that end an answer: EOS, and ``<|eot_id|>`` for the Llama-3 format (a Loupe model
+        trained with the llama3 template ends each answer with it, not with EOS)."""
+        ids = [self.tokenizer.eos_token_id]
+        if self.chat_format == "llama3":
+            eot = self.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+            if isinstance(eot, int) and eot != self.tokenizer.unk_token_id:
+                ids.append(eot)
+        return [i for i in ids if i is not None]
+
     def _inputs(self, queries: Sequence[Query], texts: list[str], padding_side: str) -> dict:
         import torch
 
@@ -132,7 +142,7 @@ class TokenVLM:
         with torch.inference_mode():
             out = self.model.generate(
                 **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._stop_ids(),
             )[:, enc["input_ids"].shape[1] :]  # fmt: skip
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
@@ -145,7 +155,7 @@ class TokenVLM:
         enc = self._inputs([query], [text], "right")
         ids = enc.pop("input_ids")
         enc.pop("attention_mask", None)
-        eos = self.tokenizer.eos_token_id
+        stop = set(self._stop_ids())
         new: list[int] = []
         with torch.inference_mode():
             for _ in range(max_new_tokens):
@@ -154,7 +164,7 @@ class TokenVLM:
                     .logits[0, -1]
                     .argmax()
                 )
-                if t == eos:
+                if t in stop:
                     break
                 new.append(t)
                 ids = torch.cat([ids, ids.new_tensor([[t]])], 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -565,34 +565,48 @@ class Limits(Strict):
 
 class TrainStep(Strict):
     """After curation, ``loupe pipeline`` trains one model per strategy and seed on the run's export
-    (``loupe.pipeline.loop``). Held-out samples are chosen by uid, so the split never changes."""
+    with the bundled trainer (``loupe train``, transformers ``Trainer``), tiny and randomly initialised
+    (``loupe.train.tiny``: a CLIP vision tower and a Llama LLM built from configs, the ``tiny``
+    tokenizer trained offline on the data). Held-out samples are chosen by uid, so the split never
+    changes."""
 
-    backend: Literal["tiny"] = Field(
-        "tiny",
-        description="tiny: the replication's own small ViT + causal LM (loupe.pipeline.loop.tiny_vlm), "
-        "trained from scratch on CPU.",
-    )
-    strategies: list[Literal["llava", "s2", "dragonfly"]] = Field(
+    strategies: list[Literal["llava", "s2", "dragonfly", "slime"]] = Field(
         ["llava", "dragonfly"],
         min_length=1,
-        description="Vision strategies trained, each on the same budget.",
+        description="Vision strategies (train/strategies, docs/strategies.md), each trained on the same budget.",
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="One run per strategy and seed.")
     heldout: float = Field(
         0.25, gt=0, lt=1, description="Share of live samples held out for eval, by uid hash."
     )
-    steps: int = Field(200, ge=1, description="Optimizer steps per run.")
+    steps: int = Field(200, ge=1, description="Optimizer steps per run (`train.max_steps`).")
     batch_size: int = Field(8, ge=1, description="Samples per step.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (3% warm-up, cosine decay).")
     eval_every: int = Field(
-        50, ge=1, description="Held-out accuracy every N steps (and at step 0 and the end)."
+        50,
+        ge=1,
+        description="Score the checkpoint of every N-th step (and the final model) on the held-out images; "
+        "a multiple of save_every.",
     )
-    save_every: int = Field(25, ge=1, description="Checkpoint every N steps: a killed run resumes from it.")
-    base_resolution: int = Field(64, ge=8, description="Crop side the vision tower sees (R).")
-    patch: int = Field(8, ge=1, description="ViT patch side; R / patch is the token grid.")
-    vit_width: int = Field(32, ge=8, description="ViT width.")
-    lm_width: int = Field(64, ge=8, description="Causal LM width.")
-    layers: int = Field(2, ge=1, description="Layers of the ViT and of the LM.")
+    save_every: int = Field(
+        25,
+        ge=1,
+        description="Trainer checkpoint every N steps (`train.save_steps`): a killed run resumes from it.",
+    )
+    base_resolution: int = Field(
+        64,
+        ge=8,
+        description="Image side the vision tower sees (CLIP `image_size`; a Dragonfly crop, S2's 1x scale).",
+    )
+    patch: int = Field(8, ge=1, description="ViT patch side; base_resolution / patch is the token grid.")
+    vit_width: int = Field(32, ge=8, description="Vision tower width (heads: width / 16).")
+    lm_width: int = Field(64, ge=8, description="LLM width (heads: width / 16).")
+    layers: int = Field(2, ge=1, description="Layers of the vision tower and of the LLM.")
+    options: dict[str, dict[str, Any]] = Field(
+        {},
+        description="Per strategy, its `model.options` (e.g. `dragonfly: {pool_kernel: 4}`); see docs/strategies.md.",
+    )
+    max_length: int = Field(2048, ge=8, description="Maximum tokens per sample, image tokens included.")
     workers: int | None = Field(
         None,
         ge=1,
@@ -601,6 +615,17 @@ class TrainStep(Strict):
     threads: int = Field(
         1, ge=1, description="torch threads per run (1: on a shared or small CPU, parallel runs waste less)."
     )
+
+    @model_validator(mode="after")
+    def _eval_on_checkpoints(self) -> TrainStep:
+        if self.eval_every % self.save_every:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) must be a multiple of save_every ({self.save_every}): "
+                "held-out scores are taken from the trainer's checkpoints"
+            )
+        if self.base_resolution % self.patch:
+            raise ValueError(f"patch ({self.patch}) must divide base_resolution ({self.base_resolution})")
+        return self
 
 
 class EvalStep(Strict):

@@ -19,7 +19,7 @@ ROOTS = {
     "pipeline/cli.py": {"train", "eval"},
     "pipeline/report/data.py": {"eval"},
     "pipeline/report/html.py": {"eval"},
-    "pipeline/loop/runner.py": {"eval"},  # `loupe pipeline`: curate -> train -> eval (the VQA scorer)
+    "pipeline/loop/jobs.py": {"train", "eval"},  # `loupe pipeline`: curate -> train -> eval, composed here
     "eval/cli.py": {"pipeline"},
 }
 

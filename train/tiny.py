@@ -46,6 +46,20 @@ def tiny_model_config(strategy: str = "llava", **overrides: Any):
     return ModelConfig(**kw)
 
 
+def tiny_geometry(
+    image_size: int = 336, patch_size: int = 14, vision_width: int = 32, llm_width: int = 64, layers: int = 2
+) -> dict[str, Any]:
+    """``vision`` and ``llm`` tower configs of another tiny geometry (``loupe pipeline``'s recipes):
+    MLPs twice the width, one attention head per 16 channels (at least one)."""
+    vision = dict(TINY_VISION, image_size=image_size, patch_size=patch_size, hidden_size=vision_width,
+                  intermediate_size=2 * vision_width, num_hidden_layers=layers,
+                  num_attention_heads=max(1, vision_width // 16))  # fmt: skip
+    heads = max(1, llm_width // 16)
+    llm = dict(TINY_LLM, hidden_size=llm_width, intermediate_size=2 * llm_width, num_hidden_layers=layers,
+               num_attention_heads=heads, num_key_value_heads=heads)  # fmt: skip
+    return {"vision": vision, "llm": llm}
+
+
 def tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 512):
     from loupe.train.tokenizer import build_tiny_tokenizer
 

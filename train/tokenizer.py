@@ -29,12 +29,18 @@ TINY_SPECIALS = [
 
 
 def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
-    """A byte-level BPE (``tokenizers``) trained on ``texts``; deterministic for the same texts."""
+    """A byte-level BPE (``tokenizers``) trained on ``texts``; deterministic for the same texts.
+
+    Digits are split one per token before the byte-level step (LLaMA's and Llama-2's SentencePiece
+    ``split_digits``): a tiny model trained on a few hundred numbers learns ten digit tokens, not one
+    merged token per number it happened to see."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

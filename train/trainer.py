@@ -190,8 +190,27 @@ def _trainer_class():
     return LoupeTrainer
 
 
-def run_training(loaded: LoadedTrainConfig, resume: bool = False, console: Any = None) -> dict[str, Any]:
-    """Train as configured; returns a summary (steps, final loss, tokens/s, output dir)."""
+def _config_into_checkpoints(out: Path) -> Any:
+    """A callback copying ``loupe_train.yaml`` into every ``checkpoint-N`` folder the Trainer writes,
+    so each checkpoint loads on its own (``loupe eval --model out/checkpoint-N``)."""
+    import shutil
+
+    from transformers import TrainerCallback
+
+    class ConfigIntoCheckpoints(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            ckpt = out / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir() and (out / CONFIG_FILE).is_file():
+                shutil.copyfile(out / CONFIG_FILE, ckpt / CONFIG_FILE)
+
+    return ConfigIntoCheckpoints()
+
+
+def run_training(
+    loaded: LoadedTrainConfig, resume: bool = False, console: Any = None, callbacks: list[Any] = ()
+) -> dict[str, Any]:
+    """Train as configured; returns a summary (steps, final loss, tokens/s, output dir).
+    ``callbacks``: more ``transformers.TrainerCallback`` objects (``loupe pipeline`` times its runs)."""
     import torch
     from transformers import set_seed
 
@@ -282,7 +301,7 @@ def run_training(loaded: LoadedTrainConfig, resume: bool = False, console: Any =
         train_dataset=ds,
         data_collator=Collator(tokenizer.pad_token_id, strategy),
         processing_class=tokenizer,
-        callbacks=[log],
+        callbacks=[log, _config_into_checkpoints(out), *callbacks],
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)

@@ -1,12 +1,15 @@
-"""Open-answer tasks: VQAv2, TextVQA, GQA (LLaVA-1.5 prompts; scorers in ``eval/scorers``)."""
+"""Open-answer tasks: VQAv2, TextVQA, GQA (LLaVA-1.5 prompts; scorers in ``eval/scorers``), and
+``vqa_jsonl``: questions from one JSONL file (``loupe pipeline``'s held-out split)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from loupe.eval.scorers.gqa import gqa_correct
 from loupe.eval.scorers.vqa import normalize_answer, vqa_accuracy
 from loupe.eval.tasks.base import SHORT_ANSWER, Sample, Task, field_of, register
+from loupe.schemas.errors import LoupeError
 
 
 def _mean(xs: list[float]) -> float:
@@ -134,5 +137,54 @@ class GQA(Task):
     def score(self, samples: list[Sample], preds: dict[str, str | None]) -> dict[str, Any]:
         return {
             "accuracy": _mean([float(gqa_correct(preds.get(s.qid), s.gt["answer"])) for s in samples]),
+            "n": len(samples),
+        }
+
+
+@register
+class VQAJsonl(Task):
+    """Open-answer questions from one JSONL file (``--data held-out.jsonl``), e.g. the held-out split
+    ``loupe pipeline`` writes. Each line: ``question_id``, ``image`` (a path, relative to the file's
+    folder or absolute), ``question``, and either ``answers`` (human answers, VQA-style) or ``answer``
+    (one ground truth, counted as all ten human answers: an exact match after the EvalAI
+    normalisation scores 1, anything else 0). The prompt is the bare question."""
+
+    name = "vqa_jsonl"
+    headline = "accuracy"
+    files = "a .jsonl file: question_id, image, question, answers (list) or answer (string) per line"
+
+    def samples(self) -> list[Sample]:
+        import json
+
+        if not self.data.is_file():
+            raise LoupeError(f"--data: {self.name} reads one .jsonl file, got the folder {self.data}")
+        out = []
+        for n, line in enumerate(self.data.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{self.data}:{n}"
+            try:
+                q = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LoupeError(f"{where}: not JSON ({e})") from None
+            answers = q.get("answers") if isinstance(q, dict) else None
+            if answers is None:
+                answers = [str(field_of(q, "answer", where))] * 10
+            image = Path(str(field_of(q, "image", where)))
+            question = str(field_of(q, "question", where))
+            out.append(
+                Sample(
+                    str(field_of(q, "question_id", where)),
+                    image if image.is_absolute() else self.data.parent / image,
+                    question,
+                    question,
+                    gt={"answers": [str(a) for a in answers]},
+                )
+            )
+        return out
+
+    def score(self, samples: list[Sample], preds: dict[str, str | None]) -> dict[str, Any]:
+        return {
+            "accuracy": _mean([vqa_accuracy(preds.get(s.qid), s.gt["answers"]) for s in samples]),
             "n": len(samples),
         }

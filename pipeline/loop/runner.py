@@ -3,14 +3,16 @@
 Layout under the run dir (the curation's own ``runs/<recipe>/<lineage>/``)::
 
     loop/<loop-hash>/            hash of the recipe's train + eval sections (a new budget, a new folder)
-      split/                     train.jsonl, heldout.jsonl, heldout_images/, split.json
-      <strategy>-seed<k>/        checkpoint.pt, curve.jsonl, loss.jsonl, predictions.json, done.json
+      split/                     train.jsonl (loupe train's input), heldout.jsonl (loupe eval's
+                                 vqa_jsonl task), heldout_images/, split.json
+      <strategy>-seed<k>/        a loupe train output: checkpoint-<N>/, loss.jsonl, eval/step-<N>/
+                                 (loupe eval's predictions and scores), done.json (loupe.pipeline.loop.jobs)
       summary.json               per strategy: mean/min/max/std held-out accuracy at each eval step
       accuracy.png               accuracy vs training steps, mean +- spread over seeds
 
 Resume works like the curation stages': curation skips committed shards, the split is rewritten (a
 pure function of the run), a finished training run (``done.json``) is skipped and an unfinished one
-continues from its last checkpoint. ``manifest.json`` gets a ``pipeline`` entry per loop hash with
+continues from its last Trainer checkpoint. ``manifest.json`` gets a ``pipeline`` entry per loop hash with
 each run's status, checkpoint and scores, which ``loupe report`` shows.
 """
 
@@ -27,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from loupe.pipeline.errors import LoupeError
-from loupe.pipeline.loop.split import make_split, read_jsonl
+from loupe.pipeline.loop.split import make_split
 from loupe.pipeline.rundir import RunDir, atomic_write_text
 from loupe.schemas.recipe import EvalStep, Recipe, TrainStep
 
-LOOP_VERSION = "1"
-# relative training cost per step (CPU seconds, measured on the default geometry): orders the jobs
-COST = {"dragonfly": 10.0, "s2": 3.5, "llava": 1.0}
+LOOP_VERSION = "2"  # 2: the bundled trainer (loupe train) and evaluator (loupe eval)
+# relative training cost per step (measured on the default geometry): orders the jobs
+COST = {"dragonfly": 10.0, "slime": 5.0, "s2": 3.5, "llava": 1.0}
 
 
 def loop_hash(train: TrainStep, ev: EvalStep) -> str:
@@ -48,14 +50,6 @@ def loop_hash(train: TrainStep, ev: EvalStep) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def scorer_for(name: str) -> Callable[[str, list[str]], float]:
-    if name == "vqa_accuracy":
-        from loupe.eval.scorers.vqa import vqa_accuracy
-
-        return vqa_accuracy
-    raise LoupeError(f"eval.scorer: {name!r} is not a scorer; valid: vqa_accuracy")
-
-
 def run_loop(run: RunDir, recipe: Recipe, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Split, train every (strategy, seed), aggregate and plot; returns the manifest's pipeline entry."""
     if recipe.train is None:
@@ -63,8 +57,6 @@ def run_loop(run: RunDir, recipe: Recipe, log: Callable[[str], None] = print) ->
             f"recipe {recipe.name!r} has no `train` section: nothing for `loupe pipeline` to train"
         )
     tr, ev = recipe.train, recipe.eval or EvalStep()
-    if tr.base_resolution % tr.patch:
-        raise LoupeError(f"train.patch: {tr.patch} must divide train.base_resolution ({tr.base_resolution})")
     h = loop_hash(tr, ev)
     root = run.path / "loop" / h
     split = make_split(run, root / "split", tr.heldout, ev.question, ev.answer_field)
@@ -78,34 +70,14 @@ def run_loop(run: RunDir, recipe: Recipe, log: Callable[[str], None] = print) ->
         "status": "running",
     }
     _record(run, h, entry)
-    train_rows = read_jsonl(root / "split" / "train.jsonl")
-    held_rows = read_jsonl(root / "split" / "heldout.jsonl")
-    train = {k: [r[k] for r in train_rows] for k in ("image", "question", "answer")}
-    held = {
-        "image": [r["image"] for r in held_rows],
-        "question": [r["question"] for r in held_rows],
-        # ten identical human answers: the VQA scorer's leave-one-out gives 1.0 for a match
-        "answers": [[r["answer"]] * 10 for r in held_rows],
-    }
-    scorer_for(ev.scorer)  # an unknown scorer fails here, before any training
     jobs = []
     # the most expensive strategies first, so parallel workers finish together
     for strategy in sorted(tr.strategies, key=lambda s: -COST.get(s, 1)):
         for seed in tr.seeds:
-            cfg = {
-                "strategy": strategy, "base": tr.base_resolution, "patch": tr.patch, "vit_width": tr.vit_width,
-                "lm_width": tr.lm_width, "vit_layers": tr.layers, "lm_layers": tr.layers,
-            }  # fmt: skip
-            kw = {
-                "seed": seed, "steps": tr.steps, "batch_size": tr.batch_size, "lr": tr.lr,
-                "eval_every": tr.eval_every, "save_every": tr.save_every, "max_new_tokens": ev.max_new_tokens,
-            }  # fmt: skip
-            jobs.append(
-                (
-                    f"{strategy}-seed{seed}",
-                    (str(root / f"{strategy}-seed{seed}"), cfg, train, held, kw, ev.scorer, tr.threads),
-                )
-            )
+            name = f"{strategy}-seed{seed}"
+            args = (str(root / name), tr.model_dump(mode="json"), ev.model_dump(mode="json"), strategy, seed,
+                    str(root / "split" / "train.jsonl"), str(root / "split" / "heldout.jsonl"), tr.threads)  # fmt: skip
+            jobs.append((name, args))
     for name, _ in jobs:
         entry["runs"].setdefault(name, {"status": "queued"})
         if entry["runs"][name].get("status") != "complete":
@@ -196,20 +168,22 @@ def _exit_with_parent(poll_s: float = 1.0) -> None:
 
 
 def train_job(
-    out: str, cfg: dict, train: dict, held: dict, kw: dict, scorer: str, threads: int
+    out: str, tr: dict, ev: dict, strategy: str, seed: int, train: str, heldout: str, threads: int
 ) -> dict[str, Any]:
     """One (strategy, seed) run; top-level so a spawned worker process can run it."""
     import sys
 
     import torch
 
-    from loupe.pipeline.loop.tiny_train import train_tiny
-    from loupe.pipeline.loop.tiny_vlm import TinyConfig
+    from loupe.pipeline.loop.jobs import train_and_evaluate
 
     torch.set_num_threads(threads)
     _exit_with_parent()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    return train_tiny(Path(out), TinyConfig(**cfg), train, held, scorer=scorer_for(scorer), log=log, **kw)
+    return train_and_evaluate(
+        Path(out), TrainStep.model_validate(tr), EvalStep.model_validate(ev), strategy, seed,
+        Path(train), Path(heldout), log=log,
+    )  # fmt: skip
 
 
 def cpu_seconds() -> float:

@@ -4,11 +4,12 @@ A sample is held out when the first 8 hex digits of its uid, read as a fraction 
 ``train.heldout``: a pure function of the uid, so the split never moves between reruns or machines,
 and a sample added later lands on the same side it would always have.
 
-* training set: the export's ``conversations.jsonl`` records (the curated product: questions and the
-  OCR expert's answers) whose uid is not held out;
-* held-out set: every sample that survived curation up to export (dedup, filters - but not export's
-  own "no conversation" drop: an image the OCR misread is still a fair question), answered by the
-  ground truth the source recorded in ``samples.meta`` (``eval.answer_field``), never by OCR.
+* ``train.jsonl``: the export's conversation records (the curated product: questions and the OCR
+  expert's answers) whose uid is not held out, image paths made absolute - what ``loupe train`` reads;
+* ``heldout.jsonl``: every sample that survived curation up to export (dedup, filters - but not
+  export's own "no conversation" drop: an image the OCR misread is still a fair question), answered by
+  the ground truth the source recorded in ``samples.meta`` (``eval.answer_field``), never by OCR - in
+  the layout of ``loupe eval --task vqa_jsonl`` (``question_id``, ``image``, ``question``, ``answer``).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def make_split(run: RunDir, out: Path, heldout: float, question: str, answer_fie
             if not dest.exists():
                 dest.write_bytes(data)
     held_rows = [
-        {"uid": u, "image": str(next(img_dir.glob(u + ".*"))), "question": question,
+        {"question_id": u, "image": str(next(img_dir.glob(u + ".*"))), "question": question,
          "answer": str(meta[u][answer_field])}
         for u in held
     ]  # fmt: skip
@@ -87,14 +88,7 @@ def make_split(run: RunDir, out: Path, heldout: float, question: str, answer_fie
         qa = _first_qa(rec["conversations"])
         if qa is None:
             continue
-        train_rows.append(
-            {
-                "uid": rec["uid"],
-                "image": str(export.parent / rec["image_url"]),
-                "question": qa[0],
-                "answer": qa[1],
-            }
-        )
+        train_rows.append({**rec, "image_url": str((export.parent / rec["image_url"]).resolve())})
         truth = meta.get(rec["uid"], {}).get(answer_field)
         ocr_right += truth is not None and str(truth) == qa[1]
     if not train_rows or not held_rows:

@@ -195,3 +195,28 @@ def test_limit_keeps_rotation_groups_whole(tmp_path):
     s = _task("mmbench", tmp_path).samples()  # group 0: 4 rotations, group 1: 2
     assert [q.qid for q in limit_samples(s, 2)] == ["0/0", "0/1", "0/2", "0/3"]
     assert len(limit_samples(s, 5)) == 6 and len(limit_samples(s, None)) == 6
+
+
+def test_vqa_jsonl(tmp_path):
+    """loupe pipeline's held-out split: one ground truth counts as ten human answers; paths relative."""
+    f = tmp_path / "heldout.jsonl"
+    f.write_text(
+        json.dumps({"question_id": "a1", "image": "img/a.png", "question": "What text?", "answer": "42"})
+        + "\n"
+        + json.dumps(
+            {"question_id": "b2", "image": "/abs/b.png", "question": "Q?", "answers": ["7"] * 3 + ["1"] * 7}
+        )
+        + "\n"
+    )
+    t = get_task("vqa_jsonl", f)
+    s = t.samples()
+    assert [x.qid for x in s] == ["a1", "b2"] and s[0].prompt == "What text?"
+    assert s[0].image == tmp_path / "img" / "a.png" and str(s[1].image) == "/abs/b.png"
+    # "42." normalises to "42": 1.0; "7" matches 3 of 10 answers: 0.9 (leave-one-out of min(1, n/3))
+    assert _score(t, {"a1": "42.", "b2": "7"})["score"] == pytest.approx(95.0)
+    assert _score(t, {"a1": "4", "b2": "1"})["score"] == pytest.approx(50.0)
+    f.write_text('{"question_id": "x", "question": "Q?", "answer": "1"}\n')
+    with pytest.raises(LoupeError, match=r"heldout\.jsonl:1: no field 'image'"):
+        get_task("vqa_jsonl", f).samples()
+    with pytest.raises(LoupeError, match="one .jsonl file"):
+        get_task("vqa_jsonl", tmp_path).samples()

@@ -39,9 +39,9 @@ train:
   strategies: [llava, dragonfly]
   seeds: [0]
   heldout: 0.3
-  steps: 60
+  steps: 40
   batch_size: 2
-  eval_every: 30
+  eval_every: 20
   save_every: 2
   base_resolution: 16
   patch: 4
@@ -68,7 +68,7 @@ def test_train_and_eval_sections_are_not_part_of_the_lineage(tmp_path):
     from loupe.pipeline.recipe import lineage_hash
 
     a = load_recipe(write_recipe(tmp_path, RECIPE, "a.yaml"))
-    b = load_recipe(write_recipe(tmp_path, RECIPE.replace("steps: 60", "steps: 7"), "b.yaml"))
+    b = load_recipe(write_recipe(tmp_path, RECIPE.replace("steps: 40", "steps: 7"), "b.yaml"))
     assert lineage_hash(a) == lineage_hash(b)
 
 
@@ -86,6 +86,42 @@ def test_pipeline_without_train_section_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "no `train` section" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_pipeline_trains_and_scores_with_the_bundled_trainer_and_evaluator(tmp_path):
+    """The chained loop at a tiny budget: loupe train outputs, loupe eval scores per checkpoint,
+    the manifest and the report; a rerun redoes nothing."""
+    recipe = write_recipe(
+        tmp_path, RECIPE.replace("steps: 40", "steps: 4").replace("eval_every: 20", "eval_every: 2")
+    )
+    from typer.testing import CliRunner
+
+    from loupe.pipeline.cli import app
+
+    r = CliRunner().invoke(app, ["pipeline", str(recipe), "-q"])
+    assert r.exit_code == 0, r.output[-3000:]
+    (run,) = tmp_path.glob("runs/fdloop/*/")
+    m = json.loads((run / "manifest.json").read_text())
+    (entry,) = m["pipeline"].values()
+    assert entry["status"] == "complete"
+    for name in ("llava-seed0", "dragonfly-seed0"):
+        rec = entry["runs"][name]
+        out = Path(rec["checkpoint"])
+        # a loupe train output folder: its config, the Trainer's checkpoints (each loadable on its own)
+        assert (out / "loupe_train.yaml").is_file() and (out / "loss.jsonl").is_file()
+        assert set(rec["checkpoints"]) == {"2", "4"}
+        assert (out / "checkpoint-2" / "loupe_train.yaml").is_file()
+        # loupe eval's files: predictions per held-out image, scores with the VQA accuracy headline
+        scores = json.loads((out / "eval" / "step-4" / "scores.json").read_text())
+        assert scores["task"] == "vqa_jsonl" and scores["n_questions"] == entry["split"]["heldout"]
+        assert [p["step"] for p in rec["curve"]] == [2, 4]
+        assert rec["accuracy"] == round(scores["accuracy"] / 100, 4)
+        assert rec["cpu_seconds"] > 0 and rec["resumed_from"] == []
+    page = (run / "report" / "index.html").read_text()
+    assert "Training and evaluation" in page and "dragonfly-seed0" in page
+    again = CliRunner().invoke(app, ["pipeline", str(recipe), "-q", "--no-report"])
+    assert again.exit_code == 0 and "resumed" not in again.output
+    assert ": step 4 held-out accuracy" not in again.output
+
+
 @pytest.mark.slow
 def test_pipeline_resumes_after_a_kill_during_training(tmp_path):
     recipe = write_recipe(tmp_path, RECIPE)
@@ -93,9 +129,9 @@ def test_pipeline_resumes_after_a_kill_during_training(tmp_path):
     first = None  # the first job trained (the costliest strategy goes first)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        ck = list(tmp_path.glob("runs/fdloop/*/loop/*/dragonfly-seed0/checkpoint.pt"))
+        ck = list(tmp_path.glob("runs/fdloop/*/loop/*/dragonfly-seed0/checkpoint-*/loupe_train.yaml"))
         if ck:
-            first = ck[0].parent
+            first = ck[0].parents[1]
             os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -115,13 +151,14 @@ def test_pipeline_resumes_after_a_kill_during_training(tmp_path):
     runs = entry["runs"]
     assert set(runs) == {"llava-seed0", "dragonfly-seed0"}
     assert runs["dragonfly-seed0"]["resumed_from"] and runs["dragonfly-seed0"]["resumed_from"][0] >= 2
+    assert runs["llava-seed0"]["resumed_from"] == []
     for r in runs.values():
-        assert r["status"] == "complete" and r["steps"] == 60 and Path(r["checkpoint"]).is_file()
-        assert [p["step"] for p in r["curve"]] == [0, 30, 60]
+        assert r["status"] == "complete" and r["steps"] == 40 and Path(r["checkpoint"]).is_dir()
+        assert [p["step"] for p in r["curve"]] == [20, 40]
         assert all(0.0 <= p["accuracy"] <= 1.0 for p in r["curve"])
-    # the loss log holds every step exactly once, resumed or not
+    # the Trainer's loss log holds every step exactly once, resumed or not
     steps = [json.loads(x)["step"] for x in (first / "loss.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, 41))
     assert set(entry["summary"]) == {"llava", "dragonfly"} and Path(entry["plot"]).is_file()
     split = entry["split"]
     assert split["train"] > 0 and split["heldout"] > 0 and split["leaked_copies"] == 0

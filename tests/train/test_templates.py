@@ -127,3 +127,12 @@ def test_generation_prompt_is_the_training_prefix(tok, name):
     ids = prompt_ids(load_template(name), tok, "What is it?", 5)
     first_learned = next(i for i, lab in enumerate(enc.labels) if lab != IGNORE)
     assert ids == enc.input_ids[:first_learned]
+
+
+def test_tiny_tokenizer_splits_digits_one_per_token():
+    from loupe.train.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer(["the answer is 42 and 4242 and 42"] * 50)
+    pieces = tok.tokenize("42 17")
+    assert [p.lstrip("Ġ") for p in pieces if p.lstrip("Ġ")] == ["4", "2", "1", "7"]
+    assert tok.decode(tok("read 42\n7", add_special_tokens=False)["input_ids"]) == "read 42\n7"

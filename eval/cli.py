@@ -177,19 +177,20 @@ def _run_tasks(built, model, output, policy, batch_size, limit, max_new_tokens, 
 def _quality(run_dir: str, format: str) -> None:
     from loupe.eval.quality import flatten, quality_metrics
     from loupe.pipeline.query import connect, resolve_run
+    from loupe.pipeline.report.data import export_stats
 
     if format not in ("table", "json"):
         raise LoupeError(f"--format: {format!r} is not valid; valid: table, json")
     r = resolve_run(run_dir)
     con = connect(r)
     try:
-        m = quality_metrics(con, r.path)
+        m = quality_metrics(con, stats=export_stats(r))
     finally:
         con.close()
     if format == "json":
         print(json.dumps(m, indent=2))
         return
-    t = Table(title=f"dataset quality: {r.path}")
+    t = Table(title=f"dataset quality: {r.location}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in flatten(m):

@@ -77,7 +77,9 @@ def object_hallucination(captions: dict[str, str], objects: dict[str, set[str]])
     }
 
 
-def quality_metrics(con, run_path: str | Path | None = None) -> dict[str, Any]:
+def quality_metrics(
+    con, run_path: str | Path | None = None, stats: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """All metrics of the module docstring; tables a run lacks read as empty."""
     n_samples = _one(con, "SELECT count(*) FROM samples")
     n_live = _one(con, "SELECT count(*) FROM live")
@@ -109,8 +111,9 @@ def quality_metrics(con, run_path: str | Path | None = None) -> dict[str, Any]:
         ).fetchall()
     }
     tokens: dict[str, Any] = {}
-    if run_path is not None and (Path(run_path) / "export" / "stats.json").is_file():
+    if stats is None and run_path is not None and (Path(run_path) / "export" / "stats.json").is_file():
         stats = json.loads((Path(run_path) / "export" / "stats.json").read_text())
+    if stats:
         tok = stats.get("tokens") or {}
         tokens = {"tokenizer": stats.get("tokenizer"), "records": stats.get("records"),
                   **{k: tok.get(k) for k in ("mean", "p50", "p95", "max", "total")}}  # fmt: skip

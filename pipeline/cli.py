@@ -86,12 +86,12 @@ def _to_run_log(handlers, msg: str, exc_info: bool = False) -> None:
             h.handle(record)
 
 
-def _data_error(e: Exception, where: Path | None = None) -> LoupeError:
+def _data_error(e: Exception, where: Path | str | None = None) -> LoupeError:
     """A disk or shard error met while running, as one line naming the file (or else the run dir)."""
     from loupe.pipeline.rundir import disk_error
 
     if isinstance(e, OSError) and (e.filename or where):
-        mapped = disk_error(e, Path(e.filename or where))
+        mapped = disk_error(e, e.filename or where)
         if isinstance(mapped, LoupeError):
             return mapped
         return LoupeError(f"{e.filename or where}: {e.strerror or e}")
@@ -189,7 +189,7 @@ def _curate(
     from pyarrow import ArrowException
 
     from loupe.pipeline.executors.plan import make_plan
-    from loupe.pipeline.logs import LOG, close_run_log, open_run_log
+    from loupe.pipeline.logs import LOG, close_run_log, keep_run_log, open_run_log, run_log_path
     from loupe.pipeline.recipe import load_recipe
 
     log = None
@@ -201,7 +201,7 @@ def _curate(
             _dry_run(plan)
             return
         try:
-            log = open_run_log(plan.run.path)
+            log = open_run_log(run_log_path(plan.run))
         except OSError as e:
             raise _data_error(e) from None
         LOG.info(
@@ -228,8 +228,6 @@ def _curate(
         from loupe.pipeline.run_readme import describe_run
 
         describe_run(plan.run)  # README.md + live.parquet: the run dir explains itself
-        if plan.remote is not None:
-            plan.on_stage_done("readme")  # upload them too (a failure warns)
     except LoupeError as e:
         _to_run_log(log, str(e))  # stderr gets the one line from _fail, not a second copy
         _fail(e)
@@ -240,8 +238,11 @@ def _curate(
             from loupe.pipeline.integrity import VERIFIED
 
             _to_run_log(log, f"run failed: {type(e).__name__}", exc_info=True)
-            Path(plan.run.path, VERIFIED).unlink(missing_ok=True)
-        _fail(_data_error(e, plan.run.path if log is not None else None))
+            try:
+                plan.run.delete(VERIFIED)
+            except (OSError, ArrowException, LoupeError):
+                pass
+        _fail(_data_error(e, plan.location if log is not None else None))
     except BaseException as e:
         LOG.exception("run failed: %s", type(e).__name__)
         raise
@@ -249,13 +250,11 @@ def _curate(
         if log is not None:
             LOG.info("run ended")
             close_run_log(log)
+            keep_run_log(plan.run)
     _summary(metrics)
     _drop_summary(plan.run)
-    if plan.remote is not None:
-        out.print(f"run dir: {plan.remote.uri} (local copy: {plan.run.path})")
-    else:
-        out.print(f"run dir: {plan.run.path}")
-    out.print(f"report:  loupe report {plan.run.path}")
+    out.print(f"run dir: {plan.location}")
+    out.print(f"report:  loupe report {plan.location}")
     return loaded, plan
 
 
@@ -292,7 +291,7 @@ def pipeline(
     except LoupeError as e:
         _fail(e)
     loaded, plan = _curate(recipe, executor, address, None, quiet, set_)
-    if plan.remote is not None:
+    if not plan.run.is_local:
         _fail(LoupeError("output: `loupe pipeline` trains on a local run dir; use a local `output`"))
     curate_s, curate_cpu = time.time() - t0, cpu_seconds() - c0
 
@@ -382,15 +381,9 @@ def _drop_summary(run) -> None:
 
 
 def _resolve_run(run_dir: str):
-    """The local run dir of a ``query``/``report`` argument; a URI gets a clear error."""
+    """The run dir of a ``query``/``report`` argument: a path or an object-store URI."""
     from loupe.pipeline.query import resolve_run
-    from loupe.pipeline.remote import is_uri
 
-    if is_uri(run_dir):
-        raise LoupeError(
-            f"{run_dir!r} is a URI: query and report read a local run dir. Use the local copy that "
-            "`loupe run` printed, or download the run dir first (e.g. aws s3 sync / gcloud storage rsync)"
-        )
     return resolve_run(run_dir)
 
 

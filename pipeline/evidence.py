@@ -15,14 +15,14 @@ descending. A sample without rows in a table gets an empty list.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import PurePath
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from loupe.pipeline.query import fetch_arrow
 from loupe.pipeline.rundir import RunDir
@@ -49,21 +49,32 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def _join_sql(run: RunDir, left: str, columns: Iterable[str], tables: tuple[str, ...]) -> str:
+def _register(con: duckdb.DuckDBPyConnection, run: RunDir, table: str) -> str | None:
+    """Register a table's committed shards (a pyarrow dataset: local or object store) as view
+    ``t_<table>``; None when the run has none."""
+    ds = run.dataset(table)
+    if ds is None:
+        return None
+    con.register(f"t_{table}", ds)
+    return f"t_{table}"
+
+
+def _join_sql(
+    con: duckdb.DuckDBPyConnection, run: RunDir, left: str, columns: Iterable[str], tables: tuple[str, ...]
+) -> str:
     """SQL joining relation ``left`` (which has ``uid``) with each evidence table aggregated by uid."""
     select = [f'l."{c}"' for c in columns]
     joins = []
     for i, name in enumerate(tables):
         schema = TABLES[name][1]
-        files = [str(f) for f in run.shard_files(name)]
-        if not files:
+        view = _register(con, run, name)
+        if view is None:
             select.append(f'NULL AS "{name}"')
             continue
         fields = ", ".join(f'"{f.name}" := "{f.name}"' for f in schema if f.name != "uid")
-        listing = ", ".join(_quote(f) for f in files)
         joins.append(
             f'LEFT JOIN (SELECT uid, list(struct_pack({fields}) ORDER BY {_order(schema)}) AS "{name}" '
-            f"FROM read_parquet([{listing}], union_by_name=true) "
+            f"FROM {view} "
             f"WHERE uid IN (SELECT uid FROM {left}) GROUP BY uid) e{i} ON l.uid = e{i}.uid"
         )
         select.append(f'e{i}."{name}"')
@@ -93,7 +104,7 @@ def attach_evidence(run: RunDir, batch: pa.Table, tables: tuple[str, ...]) -> pa
     con = duckdb.connect()
     try:
         con.register("batch_in", batch)
-        joined = fetch_arrow(con.sql(_join_sql(run, "batch_in", batch.column_names, tables)))
+        joined = fetch_arrow(con.sql(_join_sql(con, run, "batch_in", batch.column_names, tables)))
     finally:
         con.close()
     # the join does not keep row order: put rows back in the batch's order
@@ -107,8 +118,9 @@ def arrow_reader(result, rows: int) -> pa.RecordBatchReader:
     return fn(rows)
 
 
-def input_dir(run: RunDir, stage_id: str) -> Path:
-    return run.path / "_state" / stage_id / "input"
+def input_dir(stage_id: str) -> str:
+    """The stage input's folder, relative to the run dir."""
+    return f"_state/{stage_id}/input"
 
 
 def build_stage_input(
@@ -118,44 +130,45 @@ def build_stage_input(
     tables: tuple[str, ...],
     todo: set[str],
     rows_per_file: int = INPUT_ROWS_PER_FILE,
-) -> list[Path]:
+) -> list[PurePath]:
     """Write the stage's input once — ``samples[reads]`` of the ``todo`` uids joined with its evidence
-    tables — as parquet files under ``_state/<stage>/input/``; returns them (none when nothing to do).
+    tables — as parquet files under ``_state/<stage>/input/`` of the run dir (so every worker of the
+    cluster reads them, from a shared folder or the object store); returns their paths inside
+    ``run.fs`` (none when nothing to do).
 
-    One streaming duckdb pass (it spills to disk when the join does not fit in memory). The files are
-    rebuilt on every run of the stage (a resumed run has a smaller todo set) and removed by
-    :func:`remove_stage_input` when the stage completes.
+    One streaming duckdb pass (it spills to a local temp dir when the join does not fit in memory).
+    The files are rebuilt on every run of the stage (a resumed run has a smaller todo set) and removed
+    by :func:`remove_stage_input` when the stage completes.
     """
-    out = input_dir(run, stage_id)
+    out = input_dir(stage_id)
     remove_stage_input(run, stage_id)
-    files = [str(f) for f in run.shard_files("samples")]
-    if not todo or not files:
+    if not todo or run.dataset("samples") is None:
         return []
-    out.mkdir(parents=True)
     con = duckdb.connect()
+    spill = tempfile.mkdtemp(prefix="loupe-spill-")
     try:
-        con.execute(f"SET temp_directory = {_quote(str(out / '.spill'))}")
+        con.execute(f"SET temp_directory = {_quote(spill)}")
         con.register("todo_uids", pa.table({"uid": pa.array(sorted(todo), pa.string())}))
-        listing = ", ".join(_quote(f) for f in files)
+        samples = _register(con, run, "samples")
         cols = ", ".join(f'"{c}"' for c in reads)
         con.execute(
-            f"CREATE TEMP VIEW stage_in AS SELECT {cols} FROM read_parquet([{listing}], union_by_name=true) "
+            f"CREATE TEMP VIEW stage_in AS SELECT {cols} FROM {samples} "
             "WHERE uid IN (SELECT uid FROM todo_uids)"
         )
-        reader = arrow_reader(con.sql(_join_sql(run, "stage_in", reads, tables)), rows_per_file)
-        paths: list[Path] = []
+        reader = arrow_reader(con.sql(_join_sql(con, run, "stage_in", reads, tables)), rows_per_file)
+        paths: list[PurePath] = []
         for rb in reader:
             if rb.num_rows == 0:
                 continue
             t = conform_evidence(pa.Table.from_batches([rb]), tables)
-            path = out / f"part-{len(paths):06d}-{uuid.uuid4().hex[:6]}.parquet"
-            pq.write_table(t, path)
-            paths.append(path)
+            rel = f"{out}/part-{len(paths):06d}-{uuid.uuid4().hex[:6]}.parquet"
+            run.write_parquet_file(rel, t)
+            paths.append(PurePath(run.storage.key(rel)))
         return paths
     finally:
         con.close()
-        shutil.rmtree(out / ".spill", ignore_errors=True)
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def remove_stage_input(run: RunDir, stage_id: str) -> None:
-    shutil.rmtree(input_dir(run, stage_id), ignore_errors=True)
+    run.delete_dir(input_dir(stage_id))

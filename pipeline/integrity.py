@@ -23,40 +23,22 @@ completion record is intact) with parquet's own page checksums doing the byte-le
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
+from pathlib import PurePath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loupe.pipeline.rundir import (
-    COVERED_KEY,
-    LINEAGE_KEY,
-    PARTNER_KEY,
-    STAGE_KEY,
-    TMP_PREFIX,
-    RunDir,
-    atomic_write_text,
-)
+from loupe.pipeline.rundir import COVERED_KEY, LINEAGE_KEY, PARTNER_KEY, STAGE_KEY, RunDir
 from loupe.schemas.tables import TABLES
 
 QUARANTINE = "_quarantine"
 VERIFIED = "_state/verified.json"
 
 
-def shard_dirs(run: RunDir) -> list[tuple[str | None, Path]]:
-    """``(table or None, folder)`` for every folder that holds committed shards."""
-    dirs: list[tuple[str | None, Path]] = [(t, run.path / d) for t, (d, _) in TABLES.items()]
-    state = run.path / "_state"
-    if state.is_dir():
-        dirs += [(None, d) for d in sorted(state.iterdir()) if d.is_dir()]
-    return [(t, d) for t, d in dirs if d.is_dir()]
-
-
-def check_shard(run: RunDir, table: str | None, path: Path) -> str | None:
-    """Why the shard at ``path`` cannot be trusted, or None when it is intact."""
+def check_shard(run: RunDir, table: str | None, path: PurePath) -> str | None:
+    """Why the shard at ``path`` (inside ``run.fs``) cannot be trusted, or None when it is intact."""
     try:
-        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        pf = pq.ParquetFile(run.fs.open_input_file(str(path)), page_checksum_verification=True)
         meta = pf.schema_arrow.metadata or {}
     except (pa.ArrowException, OSError) as e:
         return f"unreadable parquet footer ({_first_line(e)})"
@@ -104,35 +86,36 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def _key(p: Path) -> str:
-    st = p.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+def _key(run: RunDir, p: PurePath) -> str:
+    info = run.fs.get_file_info(str(p))
+    return f"{info.size}:{info.mtime_ns}"
 
 
-def quarantine(run: RunDir, path: Path, reason: str) -> Path:
+def quarantine(run: RunDir, path: PurePath, reason: str) -> str:
     """Move ``path`` under ``_quarantine/`` (same relative folder) with a ``.reason`` file beside it."""
-    rel = path.relative_to(run.path)
-    dest = run.path / QUARANTINE / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(path), dest)
-    atomic_write_text(dest.with_name(dest.name + ".reason"), reason + "\n")
+    rel = run.rel(path)
+    dest = f"{QUARANTINE}/{rel}"
+    run.storage.move(rel, dest)
+    run.write_text(dest + ".reason", reason + "\n")
     return dest
 
 
-def _all_shards(run: RunDir) -> list[tuple[str | None, Path]]:
-    return [
-        (t, p)
-        for t, d in shard_dirs(run)
-        for p in sorted(d.glob("*.parquet"))
-        if not p.name.startswith(TMP_PREFIX)
-    ]
+def _all_shards(run: RunDir) -> list[tuple[str | None, PurePath]]:
+    return [(t, p) for t, d in run.shard_dirs() for p in run.storage.files(d, ".parquet")]
+
+
+def _read_verified(run: RunDir) -> dict[str, str]:
+    try:
+        return json.loads(run.read_text(VERIFIED))
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def mark_verified(run: RunDir) -> None:
     """Record every shard as verified (called when a run completes: its writer just wrote them).
     Shards of an interrupted run are not recorded, so the next run reads them end to end."""
-    verified = {str(p.relative_to(run.path)): _key(p) for _, p in _all_shards(run)}
-    atomic_write_text(run.path / VERIFIED, json.dumps(verified, sort_keys=True))
+    verified = {run.rel(p): _key(run, p) for _, p in _all_shards(run)}
+    run.write_text(VERIFIED, json.dumps(verified, sort_keys=True))
 
 
 def verify_run(run: RunDir, warn=None) -> list[tuple[str, str]]:
@@ -140,50 +123,42 @@ def verify_run(run: RunDir, warn=None) -> list[tuple[str, str]]:
 
     Returns ``[(relative path, reason)]`` of the shards moved; ``warn(msg)`` is called for each.
     """
-    if not run.path.is_dir():
-        return []
-    vpath = run.path / VERIFIED
-    try:
-        verified: dict[str, str] = json.loads(vpath.read_text()) if vpath.exists() else {}
-    except ValueError:
-        verified = {}
+    verified = _read_verified(run)
     shards = _all_shards(run)
-    bad: dict[Path, str] = {}
+    if not shards and not verified:
+        return []
+    bad: dict[PurePath, str] = {}
     for table, p in shards:
-        rel = str(p.relative_to(run.path))
-        if verified.get(rel) == _key(p):
+        rel = run.rel(p)
+        if verified.get(rel) == _key(run, p):
             continue
         why = check_shard(run, table, p)
         if why is None:
-            verified[rel] = _key(p)
+            verified[rel] = _key(run, p)
         else:
             bad[p] = why
     # the other half of a bad batch goes too: same shard id in drops/ and in the table folder
-    by_name: dict[str, list[Path]] = {}
+    by_name: dict[str, list[PurePath]] = {}
     for _, p in shards:
         by_name.setdefault(p.name, []).append(p)
     for p, why in list(bad.items()):
         for q in by_name.get(p.name, []):
-            bad.setdefault(q, f"partner of quarantined {p.relative_to(run.path)} ({why})")
+            bad.setdefault(q, f"partner of quarantined {run.rel(p)} ({why})")
     moved = []
     for p, why in bad.items():
-        rel = str(p.relative_to(run.path))
+        rel = run.rel(p)
         quarantine(run, p, why)
         verified.pop(rel, None)
         moved.append((rel, why))
         if warn:
             warn(f"shard {rel} quarantined: {why}; its uids are redone (kept in {QUARANTINE}/{rel})")
-    live = {str(p.relative_to(run.path)) for _, p in shards if p not in bad}
-    atomic_write_text(vpath, json.dumps({k: v for k, v in verified.items() if k in live}, sort_keys=True))
+    live = {run.rel(p) for _, p in shards if p not in bad}
+    run.write_text(VERIFIED, json.dumps({k: v for k, v in verified.items() if k in live}, sort_keys=True))
     return moved
 
 
-def forget_verified(run: RunDir, path: Path) -> None:
-    """Make the next :func:`verify_run` read ``path`` again (after a read error met it)."""
-    vpath = run.path / VERIFIED
-    try:
-        verified = json.loads(vpath.read_text())
-    except (OSError, ValueError):
-        return
-    if verified.pop(str(Path(path).relative_to(run.path)), None) is not None:
-        atomic_write_text(vpath, json.dumps(verified, sort_keys=True))
+def forget_verified(run: RunDir, path: PurePath) -> None:
+    """Make the next :func:`verify_run` read ``path`` (a path inside ``run.fs``) again (after a read error met it)."""
+    verified = _read_verified(run)
+    if verified.pop(run.rel(path), None) is not None:
+        run.write_text(VERIFIED, json.dumps(verified, sort_keys=True))

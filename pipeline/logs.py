@@ -55,6 +55,28 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def run_log_path(run) -> Path:
+    """The local folder whose ``run.log`` a run appends to: the run dir itself, or for a run on an
+    object store (no appends there) a folder under ``$LOUPE_LOG_DIR`` (default ``~/.cache/loupe/logs``)
+    that :func:`keep_run_log` copies to ``<run>/run.log`` when the command ends."""
+    if run.is_local:
+        return run.path
+    import hashlib
+
+    root = Path(os.environ.get("LOUPE_LOG_DIR") or Path.home() / ".cache" / "loupe" / "logs")
+    return root / hashlib.sha1(run.location.encode()).hexdigest()[:12]
+
+
+def keep_run_log(run) -> None:
+    """Put the local run.log of an object-store run into the run dir (best effort: a log is no result)."""
+    if run.is_local:
+        return
+    try:
+        run.write_bytes("run.log", (run_log_path(run) / "run.log").read_bytes())
+    except Exception as e:  # noqa: BLE001
+        LOG.warning("could not copy run.log to %s: %s", run.location, e)
+
+
 def open_run_log(run_path: Path) -> list[logging.Handler]:
     """Append everything logged under ``loupe`` to ``<run>/run.log``, and show warnings on stderr.
     Returns the handlers for :func:`close_run_log`."""

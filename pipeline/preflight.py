@@ -285,7 +285,7 @@ def _dependencies(loaded: LoadedRecipe) -> list[Problem]:
 # ------------------------------------------------------------------------------------ output, io
 def _writable(loaded: LoadedRecipe, output: str | None) -> Problem | None:
     where = output or loaded.recipe.output
-    if URI.match(where):  # remote outputs stage locally; their store is checked when the run uploads
+    if URI.match(where):  # an object store is checked when the run opens it (its writer lease)
         return None
     field = "--output" if output else "output"
     p = loaded.resolve(where)

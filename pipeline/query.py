@@ -1,7 +1,8 @@
 """duckdb over a run: every table directory becomes a view named after it (``samples``, ``ocr``, ...).
 
-Read-only by construction: each table is registered as a pyarrow dataset (checksum-verified reads,
-``RunDir.dataset``), then the connection is opened up to nothing else: ``enable_external_access``
+Read-only by construction: each table is registered as a pyarrow dataset of its committed shards
+(checksum-verified reads, ``RunDir.dataset``; on an object store the datasets read through
+``pyarrow.fs``, so no duckdb extension such as httpfs is needed), then the connection is opened up to nothing else: ``enable_external_access``
 is off (no ``read_csv('/etc/passwd')``, ``COPY ... TO``, ``ATTACH``, ``INSTALL``, ``EXPORT DATABASE``)
 and ``lock_configuration`` stops a query from turning it back on. A query can create temporary
 in-memory tables and views; nothing it does reaches a file.
@@ -14,23 +15,30 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.rundir import RunDir
+from loupe.pipeline.storage import first_line, open_storage
 from loupe.schemas.tables import TABLES
 
 
 def resolve_run(path: str | Path) -> RunDir:
-    """Accept a run dir, or a recipe's runs folder (``runs/demo``): then the newest run inside."""
-    p = Path(path)
-    if (p / "manifest.json").exists():
-        return RunDir(p)
-    if p.is_dir():
-        runs = sorted(
-            (d for d in p.iterdir() if (d / "manifest.json").exists()), key=lambda d: d.stat().st_mtime
-        )
-        if runs:
-            return RunDir(runs[-1])
+    """Accept a run dir, or a recipe's runs folder (``runs/demo``): then the newest run inside.
+    Either may be a local path or an object-store URI (``s3://bucket/runs/demo/<hash>``)."""
+    storage = open_storage(path, field="run dir")
+    try:
+        if storage.exists("manifest.json"):
+            return RunDir(storage)
+        runs = []
+        for d in storage.subdirs(""):
+            info = storage.info(f"{d}/manifest.json")
+            if info.type == pafs.FileType.File:
+                runs.append((info.mtime_ns or 0, d))
+    except (OSError, pa.ArrowException) as e:
+        raise LoupeError(f"{str(path)!r}: cannot read it ({first_line(e)})") from None
+    if runs:
+        return RunDir(storage.child(max(runs)[1]))
     raise LoupeError(f"{str(path)!r} is not a run directory (no manifest.json); pass runs/<recipe>/<hash>")
 
 
@@ -58,11 +66,9 @@ def connect(run: RunDir) -> duckdb.DuckDBPyConnection:
 
 def check_footers(run: RunDir, table: str) -> None:
     """A truncated or foreign shard is a one-line error naming it (``loupe run`` quarantines it)."""
-    import pyarrow.parquet as pq
-
     for f in run.shard_files(table):
         try:
-            pq.read_schema(f)
+            run.read_schema(f)
         except (pa.ArrowException, OSError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise LoupeError(

@@ -19,8 +19,8 @@ from loupe.schemas import recipe as R
 # never mixed into one run directory, while patch releases keep resuming the same run.
 LINEAGE_VERSION = "0.1"
 
-#: ``scheme://`` as ``loupe.pipeline.remote.is_uri`` reads it; kept here so that validating a recipe
-#: does not import pyarrow.dataset (and pandas) through the remote module: ``validate`` stays under 1 s
+#: ``scheme://`` as ``loupe.pipeline.storage.is_uri`` reads it; kept here so that validating a recipe
+#: does not import pyarrow (through the storage module): ``validate`` stays under 1 s
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 _SOURCE_MODELS = {

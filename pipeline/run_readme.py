@@ -9,12 +9,11 @@ sample (uid, source, source_id, width, height, alt_text), no image bytes; join i
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loupe.pipeline.rundir import RunDir, atomic_write_text
+from loupe.pipeline.rundir import RunDir
 from loupe.schemas.tables import TABLES
 
 LIVE_COLUMNS = ["uid", "source", "source_id", "width", "height", "alt_text"]
@@ -42,13 +41,13 @@ def live_table(run: RunDir) -> pa.Table:
 
 
 def _count(run: RunDir, table: str) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in run.shard_files(table))
+    return sum(pq.read_metadata(str(f), filesystem=run.fs).num_rows for f in run.shard_files(table))
 
 
 def render_readme(run: RunDir, n_live: int) -> str:
     m = run.manifest()
     lines = [
-        f"# Loupe run `{m.get('recipe', '?')}` / `{run.path.name}`",
+        f"# Loupe run `{m.get('recipe', '?')}` / `{run.location.rstrip('/').rsplit('/', 1)[-1]}`",
         "",
         f"Written by `loupe run` (Loupe {m.get('loupe_version', '?')}) on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; recipe `{m.get('recipe_path', '?')}`; "
@@ -64,7 +63,7 @@ def render_readme(run: RunDir, n_live: int) -> str:
         "|---|---|---|---|---|",
     ]
     for name, (folder, schema) in TABLES.items():
-        if not (run.path / folder).is_dir():
+        if not run.shard_files(name):
             continue
         cols = ", ".join(f"`{f.name}`" for f in schema)
         lines.append(f"| `{name}` | `{folder}/` | {_count(run, name)} | {WHAT.get(name, '')} | {cols} |")
@@ -76,7 +75,7 @@ def render_readme(run: RunDir, n_live: int) -> str:
         "",
         "## Views",
         "",
-        f'`loupe query {run.path} "SELECT ..."` opens every table above as a duckdb view of the same name, '
+        f'`loupe query {run.location} "SELECT ..."` opens every table above as a duckdb view of the same name, '
         "plus `live`: the samples no stage dropped.",
         "",
         "```sql",
@@ -99,18 +98,16 @@ def render_readme(run: RunDir, n_live: int) -> str:
         "ids = duckdb.sql(\"SELECT uid FROM 'live.parquet'\")  # the same set, precomputed",
         "```",
         "",
-        "Skip files whose name starts with `.tmp-` (a shard being written).",
+        "Skip files whose name starts with `.tmp-` (a shard being written). On an object store a shard "
+        "counts only once its marker `<shard>.parquet.commit` exists; `loupe query` reads only those.",
         "",
     ]
     return "\n".join(lines)
 
 
-def describe_run(run: RunDir) -> Path:
-    """Write ``live.parquet`` and ``README.md`` into the run dir; returns the README path."""
+def describe_run(run: RunDir) -> str:
+    """Write ``live.parquet`` and ``README.md`` into the run dir; returns the README's location."""
     live = live_table(run)
-    tmp = run.path / ".tmp-live.parquet"
-    pq.write_table(live, tmp)
-    tmp.replace(run.path / "live.parquet")
-    readme = run.path / "README.md"
-    atomic_write_text(readme, render_readme(run, live.num_rows))
-    return Path(readme)
+    run.write_parquet_file("live.parquet", live)
+    run.write_text("README.md", render_readme(run, live.num_rows))
+    return f"{run.location}/README.md"

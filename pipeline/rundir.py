@@ -2,93 +2,99 @@
 
 Layout: ``<output>/<recipe>/<lineage-hash>/`` holding one folder per table (see
 ``loupe.schemas.tables.TABLES``), ``_state/<stage>/`` for stages without a table,
-``export/`` and ``manifest.json``.
+``export/`` and ``manifest.json``. ``<output>`` is a local path or an object-store URI
+(``s3://``, ``gs://``, ...): every read and write goes through :mod:`loupe.pipeline.storage`,
+which publishes a shard atomically on both (rename on a filesystem, a marker object after the
+shard on an object store); nothing here or in the stages knows which one holds the run.
 
 Exactly-once protocol (why a killed run loses and duplicates nothing):
-a stage's output for one batch is committed as at most two parquet shards, each written to a
-temp name and renamed: first its drop rows (``drops/<shard>.parquet``, naming its partner),
-then its table rows (``<table>/<shard>.parquet``) whose footer metadata lists every input uid the
-batch accounted for. The table shard is the commit record: a uid is done for a stage iff some
-shard of that stage covers it. A drops shard whose partner never landed is an orphan of a
-killed batch and is deleted before the next run, so the batch is redone exactly once.
+a stage's output for one batch is committed as at most two parquet shards, each published
+atomically: first its drop rows (``drops/<shard>.parquet``, naming its partner), then its table
+rows (``<table>/<shard>.parquet``) whose footer metadata lists every input uid the batch accounted
+for. The table shard is the commit record: a uid is done for a stage iff some shard of that stage
+covers it. A drops shard whose partner never landed is an orphan of a killed batch and is deleted
+before the next run, so the batch is redone exactly once.
 
-One writer: ``loupe run`` holds an exclusive ``flock`` on ``_state/writer.lock`` for its whole
-life (:meth:`RunDir.writer_lock`); a second writer is refused with the holder's pid, host and
-command. The kernel drops the lock when its process dies (even by kill -9), so a lock file left by
-a dead process is taken over by the next run. Integrity of committed shards (footer metadata,
+One writer: ``loupe run`` holds the run dir's writer lock for its whole life
+(:meth:`RunDir.writer_lock`: an ``flock`` on ``_state/writer.lock``, or a lease object of that name
+on an object store); a second writer is refused with the holder's pid, host and command. A lock left
+by a dead process is taken over by the next run. Integrity of committed shards (footer metadata,
 lineage, page checksums) is checked by :mod:`loupe.pipeline.integrity`.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
-import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from loupe.pipeline.storage import TMP_PREFIX, Storage, disk_error, open_storage
 from loupe.schemas.tables import DROPS, TABLES
+
+__all__ = ["RunDir", "TMP_PREFIX", "atomic_write_text", "disk_error"]
 
 COVERED_KEY = b"loupe.covered"
 STAGE_KEY = b"loupe.stage"
 PARTNER_KEY = b"loupe.partner"
 LINEAGE_KEY = b"loupe.lineage"
-TMP_PREFIX = ".tmp-"
 LOCK_FILE = "_state/writer.lock"
 #: parquet page checksums (CRC32) are written with every shard and verified on every read, so a
 #: garbled page is an error naming the shard, never silently different bytes
 READ_OPTIONS = {"page_checksum_verification": True}
 
 
-def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(table, tmp, write_page_checksum=True)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise disk_error(e, path) from None
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise disk_error(e, path) from None
+    """Replace the local file ``path`` with ``text`` atomically (temp name + rename)."""
+    from loupe.pipeline.storage import LocalStorage
 
-
-def disk_error(e: OSError, path: Path) -> Exception:
-    """A full or read-only disk as a one-line :class:`LoupeError` naming the path (others unchanged)."""
-    from loupe.pipeline.errors import LoupeError
-
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return LoupeError(f"{path}: no space left on the device; free space and rerun to resume")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return LoupeError(f"{path}: cannot write ({os.strerror(e.errno)}); fix the permissions and rerun")
-    return e
+    LocalStorage(path.parent).write_text(path.name, text)
 
 
 class RunDir:
-    def __init__(self, path: str | Path, lineage: str | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Storage, lineage: str | None = None):
+        self.storage = open_storage(path)
         #: written into every shard's footer; shards of another lineage are foreign (integrity check)
         self.lineage = lineage
+
+    # ------------------------------------------------------------------ where
+    @property
+    def is_local(self) -> bool:
+        return self.storage.local
+
+    @property
+    def location(self) -> str:
+        """The run dir as the user names it: a path or a URI."""
+        return self.storage.location
+
+    @property
+    def path(self) -> Path:
+        """The local folder of the run (a run on an object store has none: use the storage API)."""
+        from loupe.pipeline.errors import LoupeError
+
+        if not self.storage.local:
+            raise LoupeError(f"{self.location}: this needs a local run dir; the run is on an object store")
+        return self.storage.root  # type: ignore[attr-defined]
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """The ``pyarrow.fs`` filesystem that holds the run (shard paths are paths inside it)."""
+        return self.storage.fs
+
+    def rel(self, p: str | PurePath) -> str:
+        """A shard path (as :meth:`shard_files` returns it) relative to the run dir."""
+        return self.storage.rel(p)
+
+    def __str__(self) -> str:
+        return self.location
 
     # ------------------------------------------------------------------ one writer
     @property
@@ -97,51 +103,34 @@ class RunDir:
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Hold the run dir's exclusive writer lock (``flock``) while the block runs.
+        """Hold the run dir's exclusive writer lock while the block runs.
 
-        A second writer gets a one-line :class:`LoupeError` naming the holder. The kernel releases
-        the lock when the holder dies, so a file left by a dead process is simply taken over.
+        A second writer gets a one-line :class:`LoupeError` naming the holder. A lock whose holder
+        died is taken over (see :meth:`loupe.pipeline.storage.ObjectStorage.writer_lock` for the
+        object-store lease).
         """
-        from loupe.pipeline.errors import LoupeError
-
-        try:
-            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise disk_error(e, self.lock_path) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-            os.close(fd)
-            raise LoupeError(
-                f"run dir {self.path} is being written by another run ({holder}); wait for it to finish "
-                f"or stop it (lock {self.lock_path})"
-            ) from None
-        try:
-            cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
-            info = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%H:%M:%S')}: {cmd}"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode(), 0)
+        with self.storage.writer_lock(LOCK_FILE):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     # ------------------------------------------------------------------ layout
-    def table_dir(self, table: str | None, stage: str | None = None) -> Path:
+    @staticmethod
+    def table_rel(table: str | None, stage: str | None = None) -> str:
         if table is None:
-            return self.path / "_state" / (stage or "unknown")
-        return self.path / TABLES[table][0]
+            return f"_state/{stage or 'unknown'}"
+        return TABLES[table][0]
 
-    def shard_files(self, table: str | None, stage: str | None = None) -> list[Path]:
-        d = self.table_dir(table, stage)
-        if not d.is_dir():
-            return []
-        files = sorted(p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    def table_dir(self, table: str | None, stage: str | None = None) -> Path:
+        return self.path / self.table_rel(table, stage)
+
+    def shard_files(self, table: str | None, stage: str | None = None) -> list[PurePath]:
+        """Committed shards of a table (of one stage), as paths inside :attr:`fs`."""
+        files = self.storage.files(self.table_rel(table, stage), ".parquet")
         if stage is not None:
             files = [p for p in files if p.name.startswith(f"{stage}-")]
         return files
+
+    def read_schema(self, f: str | PurePath) -> pa.Schema:
+        return pq.read_schema(str(f), filesystem=self.fs)
 
     # ------------------------------------------------------------------ commit
     def commit(
@@ -154,51 +143,81 @@ class RunDir:
     ) -> str:
         """Commit one batch of a stage exactly once (see module docstring). Returns the shard id."""
         shard = f"{stage}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:10]}"
-        target = self.table_dir(table, stage) / f"{shard}.parquet"
+        target = f"{self.table_rel(table, stage)}/{shard}.parquet"
+        info = {"stage": stage, "lineage": self.lineage}
         if drops is not None and drops.num_rows:
-            dmeta = {PARTNER_KEY: str(target.relative_to(self.path)).encode(), STAGE_KEY: stage.encode()}
+            dmeta = {PARTNER_KEY: target.encode(), STAGE_KEY: stage.encode()}
             if self.lineage:
                 dmeta[LINEAGE_KEY] = self.lineage.encode()
             drops = drops.cast(DROPS).replace_schema_metadata(dmeta)
-            _atomic_write_parquet(drops, self.table_dir("drops") / f"{shard}.parquet")
+            self.storage.write_parquet(f"{self.table_rel('drops')}/{shard}.parquet", drops, info)
         if rows is None:
             schema = TABLES[table][1] if table else pa.schema([("uid", pa.string())])
             rows = schema.empty_table()
         elif table is not None:
             rows = rows.select(TABLES[table][1].names).cast(TABLES[table][1])
-        meta = {COVERED_KEY: json.dumps(sorted(set(covered))).encode(), STAGE_KEY: stage.encode()}
+        covered = sorted(set(covered))
+        meta = {COVERED_KEY: json.dumps(covered).encode(), STAGE_KEY: stage.encode()}
         if self.lineage:
             meta[LINEAGE_KEY] = self.lineage.encode()
-        _atomic_write_parquet(rows.replace_schema_metadata(meta), target)
+        self.storage.write_parquet(
+            target, rows.replace_schema_metadata(meta), {**info, "covered": len(covered)}
+        )
         return shard
 
     def write_table(self, table: str, rows: pa.Table, stage: str = "extra") -> None:
         """Write a whole extra table (e.g. clusters) as one shard, replacing the stage's earlier ones."""
         for old in self.shard_files(table, stage):
-            old.unlink()
+            self.storage.delete(self.rel(old))
         self.commit(stage, table, rows, None, [])
 
     def done_uids(self, stage: str, table: str | None) -> set[str]:
         done: set[str] = set()
         for f in self.shard_files(table, stage):
-            meta = pq.read_schema(f).metadata or {}
+            meta = self.read_schema(f).metadata or {}
             done.update(json.loads(meta.get(COVERED_KEY, b"[]")))
         return done
 
+    def shard_dirs(self) -> list[tuple[str | None, str]]:
+        """``(table or None, relative folder)`` of every folder that may hold shards."""
+        dirs: list[tuple[str | None, str]] = [(t, d) for t, (d, _) in TABLES.items()]
+        return dirs + [(None, f"_state/{d}") for d in self.storage.subdirs("_state")]
+
     def cleanup(self) -> int:
-        """Delete temp files and orphan drops shards of killed batches. Returns how many."""
-        removed = 0
-        if not self.path.exists():
-            return 0
-        for tmp in self.path.rglob(f"{TMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
+        """Delete temp files, uncommitted shards and orphan drops shards of killed batches. Returns how many."""
+        removed = self.storage.cleanup([d for _, d in self.shard_dirs()])
         for f in self.shard_files("drops"):
-            partner = (pq.read_schema(f).metadata or {}).get(PARTNER_KEY)
-            if partner and not (self.path / partner.decode()).exists():
-                f.unlink()
+            partner = (self.read_schema(f).metadata or {}).get(PARTNER_KEY)
+            if partner and not self.storage.exists(partner.decode()):
+                self.storage.delete(self.rel(f))
                 removed += 1
         return removed
+
+    # ------------------------------------------------------------------ other files
+    def exists(self, rel: str) -> bool:
+        return self.storage.exists(rel)
+
+    def read_text(self, rel: str) -> str:
+        return self.storage.read_text(rel)
+
+    def write_text(self, rel: str, text: str) -> None:
+        """Replace the run dir's file ``rel`` atomically (manifest, export files, README)."""
+        self.storage.write_text(rel, text)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.storage.write_bytes(rel, data)
+
+    def write_parquet_file(self, rel: str, table: pa.Table) -> None:
+        """A parquet file that is not a shard (export, stage input), replaced atomically."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, write_page_checksum=True)
+        self.storage.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    def delete(self, rel: str) -> None:
+        self.storage.delete(rel)
+
+    def delete_dir(self, rel: str) -> None:
+        self.storage.delete_dir(rel)
 
     # ------------------------------------------------------------------ read
     def dataset(self, table: str) -> pads.Dataset | None:
@@ -208,7 +227,7 @@ class RunDir:
         fmt = pads.ParquetFileFormat(
             default_fragment_scan_options=pads.ParquetFragmentScanOptions(**READ_OPTIONS)
         )
-        return pads.dataset([str(f) for f in files], format=fmt, schema=TABLES[table][1])
+        return pads.dataset([str(f) for f in files], format=fmt, schema=TABLES[table][1], filesystem=self.fs)
 
     def read_table(
         self, table: str, columns: list[str] | None = None, filter_uids: Iterable[str] | None = None
@@ -243,16 +262,20 @@ class RunDir:
     def manifest_path(self) -> Path:
         return self.path / "manifest.json"
 
+    def has_manifest(self) -> bool:
+        return self.storage.exists("manifest.json")
+
     def manifest(self) -> dict[str, Any]:
-        if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
-        return {}
+        try:
+            return json.loads(self.storage.read_text("manifest.json"))
+        except FileNotFoundError:
+            return {}
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         m = self.manifest()
         m.update(fields)
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        atomic_write_text(self.manifest_path, json.dumps(m, indent=2, sort_keys=True, default=str))
+        self.storage.write_text("manifest.json", json.dumps(m, indent=2, sort_keys=True, default=str))
         return m
 
     def update_stage(self, stage: str, **fields: Any) -> None:

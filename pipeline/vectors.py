@@ -107,7 +107,7 @@ def write_clusters(
     offset = 0
     for f in ctx.run.shard_files("clusters", ctx.stage_name):
         if not f.name.startswith(f"{prefix}-"):
-            col = pq.read_table(f, columns=["cluster"])["cluster"]
+            col = pq.read_table(str(f), columns=["cluster"], filesystem=ctx.run.fs)["cluster"]
             offset = max(offset, (pc.max(col).as_py() or -1) + 1 if len(col) else 0)
     k = len(representative)
     sizes = np.bincount(labels, minlength=k) if len(labels) else np.zeros(k, np.int64)

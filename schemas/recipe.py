@@ -649,9 +649,11 @@ class Recipe(Strict):
     description: str = Field("", description="Free text.")
     output: str = Field(
         "runs",
-        description="Root folder for runs, relative to the recipe file, or a URI (s3://, gs://, file://, "
-        "any fsspec protocol): the run then executes in a local staging dir ($LOUPE_STAGING_DIR, default "
-        "~/.cache/loupe/staging) uploaded to <output>/<name>/<lineage-hash>/ after every stage.",
+        description="Root folder for runs, relative to the recipe file, or an object-store URI (s3://, "
+        "gs://, hdfs://, any fsspec protocol; file:// is a local folder): the run dir "
+        "<output>/<name>/<lineage-hash>/ then lives on the store and every worker writes it directly, "
+        "each shard committed by a marker object (docs/reliability.md). For an S3-compatible server set "
+        "AWS_ENDPOINT_URL or append ?endpoint_override=host:port&scheme=http.",
     )
     sources: list[SourceConfig] = Field(min_length=1, description="Where samples come from.")
     stages: list[StageEntry] = Field([], description="Stages run in order after ingest.")

@@ -53,7 +53,7 @@ def test_stage_input_joins_evidence_once_with_ordered_lists(tmp_path):
     assert attached["uid"].to_pylist() == ["u004", "u001", "u000"]
     assert attached.to_pylist()[::-1] == rows
     evidence.remove_stage_input(run, "caption")
-    assert not evidence.input_dir(run, "caption").exists()
+    assert not (run.path / evidence.input_dir("caption")).exists()
 
 
 def _recipe(tmp_path: Path) -> Path:
@@ -76,14 +76,14 @@ def test_local_run_joins_evidence_once_per_stage(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path)
     joins = []
     real = evidence._join_sql
-    monkeypatch.setattr(evidence, "_join_sql", lambda *a: joins.append(a[3]) or real(*a))
+    monkeypatch.setattr(evidence, "_join_sql", lambda *a: joins.append(a[4]) or real(*a))
     plan = make_plan(load_recipe(recipe))
     run_local(plan, quiet=True)
     # one join per stage (tag reads stored embeddings), not one per batch: 3 caption batches, 1 join
     assert joins == [("embeddings",), ("ocr", "detect", "tags")]
     caps = plan.run.read_table("captions", ["uid", "evidence"]).to_pylist()
     assert len(caps) == 3 and all('"tags": ["' in c["evidence"] for c in caps)
-    assert not evidence.input_dir(plan.run, "caption").exists()
+    assert not (plan.run.path / evidence.input_dir("caption")).exists()
 
 
 @pytest.mark.ray
@@ -104,4 +104,4 @@ def test_ray_executor_reads_the_joined_input_and_matches_local(tmp_path):
     assert plan.run.read_table("captions", cols).sort_by("uid") == local.run.read_table(
         "captions", cols
     ).sort_by("uid")
-    assert not evidence.input_dir(plan.run, "caption").exists()
+    assert not (plan.run.path / evidence.input_dir("caption")).exists()

@@ -215,17 +215,15 @@ def test_local_executor_splits_oom_batches_and_records_it(tmp_path, demo_images)
     assert recorded["items_per_s"] > 0 and recorded["status"] == "complete"
 
 
-def test_uri_outputs_stage_locally_not_as_local_folders_named_like_uris(tmp_path, demo_images, monkeypatch):
-    # URI outputs run in a staging dir mirrored to the URI (tests/test_remote_output.py runs them)
-    monkeypatch.setenv("LOUPE_STAGING_DIR", str(tmp_path / "staging"))
+def test_uri_outputs_are_object_store_run_dirs_not_local_folders_named_like_uris(tmp_path, demo_images):
+    # URI outputs are run dirs on the store itself (tests/test_object_store.py runs them on S3)
     loaded = load_recipe(_folder_recipe(tmp_path, demo_images))
     plan = make_plan(loaded, "memory://bucket/runs")
-    assert plan.remote.uri == f"memory://bucket/runs/hungry/{plan.lineage}"
-    assert plan.run.path.is_relative_to(tmp_path / "staging" / "hungry")
-    with pytest.raises(LoupeError, match=r"^--output: 'nope://bucket/runs/hungry/\w+': neither"):
+    assert plan.location == f"memory://bucket/runs/hungry/{plan.lineage}" and not plan.run.is_local
+    with pytest.raises(LoupeError, match=r"^--output: 'nope://bucket/runs': neither"):
         make_plan(loaded, "nope://bucket/runs")
     loaded.recipe.output = "nope://bucket/runs"
-    with pytest.raises(LoupeError, match=r"^output: 'nope://bucket/runs/hungry/"):
+    with pytest.raises(LoupeError, match=r"^output: 'nope://bucket/runs'"):
         make_plan(loaded)
     assert make_plan(loaded, str(tmp_path / "s3:x")).run.path.parent == tmp_path / "s3:x" / "hungry"
     assert not list(tmp_path.glob("*:*"))

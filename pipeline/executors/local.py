@@ -17,7 +17,7 @@ from rich.progress import Progress
 
 from loupe.pipeline.evidence import attach_evidence, build_stage_input, remove_stage_input
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
-from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, remote_sync, stage_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, stage_metrics
 from loupe.pipeline.integrity import mark_verified
 from loupe.pipeline.logs import LOG, RunProgress
 from loupe.pipeline.stage import StageOutput
@@ -59,7 +59,7 @@ def iter_input_batches(plan: Plan, sp: StagePlan, todo: set[str], batch_size: in
     """Batches of a per-row stage with evidence: read from its input, joined once (loupe.pipeline.evidence)."""
     files = build_stage_input(plan.run, sp.id, sp.reads, sp.evidence, todo)
     if files:
-        ds = pads.dataset([str(f) for f in files], format="parquet")
+        ds = pads.dataset([str(f) for f in files], format="parquet", filesystem=plan.run.fs)
         yield from rebatch(ds.to_batches(batch_size=batch_size), batch_size)
 
 
@@ -197,15 +197,13 @@ def run_local(plan: Plan, console: Console | None = None, quiet: bool = False) -
     console = console or Console(stderr=True)
     metrics: dict[str, dict] = {}
     # one writer per run dir: a second `loupe run` of the same recipe and output is refused
-    with plan.run.writer_lock(), remote_sync(plan, console):
+    with plan.run.writer_lock():
         open_run(plan, "local")
         with _progress(console, quiet) as progress:
             metrics["ingest"] = run_ingest(plan, progress)
-            plan.on_stage_done("ingest")
             for sp in plan.stages:
                 metrics[sp.id] = noop_metrics(plan, sp) or run_stage(plan, sp, progress)
                 plan.changed |= not metrics[sp.id].get("noop") and metrics[sp.id].get("rows_in", 0) > 0
-                plan.on_stage_done(sp.id)
         plan.run.update_manifest(status="complete")
         mark_verified(plan.run)  # the next run re-reads only shards written after this
     return metrics

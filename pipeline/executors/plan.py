@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyarrow import ArrowException
 from rich.console import Console
 
 from loupe.pipeline.errors import LoupeError
@@ -18,9 +15,9 @@ from loupe.pipeline.images import set_pixel_budget
 from loupe.pipeline.logs import LOG
 from loupe.pipeline.recipe import LoadedRecipe, lineage_hash, stage_identities, stage_ids
 from loupe.pipeline.registry import STAGES, _load, source_class
-from loupe.pipeline.remote import RemoteRun, is_uri
 from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stage import StageContext
+from loupe.pipeline.storage import is_uri, open_storage
 
 
 @dataclass
@@ -42,8 +39,6 @@ class Plan:
     run: RunDir
     lineage: str
     stages: list[StagePlan] = field(default_factory=list)
-    #: set when the output is a URI: ``run`` is then a local staging dir mirrored to it
-    remote: RemoteRun | None = None
     #: ``{stage id: identity}`` (``loupe.pipeline.reuse``), ingest first
     identities: dict[str, str] = field(default_factory=dict)
     #: stages linked from another run dir when the run opened: ``{stage id: donor run dir}``
@@ -60,21 +55,8 @@ class Plan:
 
     @property
     def location(self) -> str:
-        """Where the run's outputs end up: the run dir, or its URI."""
-        return self.remote.uri if self.remote else str(self.run.path)
-
-    def on_stage_done(self, stage_id: str) -> None:
-        """Called by the executors (on the driver) after each stage: uploads to the remote, if any."""
-        if self.remote is None:
-            return
-        try:
-            self.remote.upload(self.run.path)
-        except (OSError, ArrowException) as e:  # keep running: the end of the run uploads again
-            Console(stderr=True).print(
-                f"[yellow]warning:[/yellow] upload to {self.remote.uri} after stage {stage_id!r} failed "
-                f"({e}); retrying at the end of the run",
-                highlight=False,
-            )
+        """Where the run's outputs are: the run dir's path or URI."""
+        return self.run.location
 
     @property
     def max_batch_pixels(self) -> int:
@@ -99,6 +81,8 @@ class Plan:
 def run_root(loaded: LoadedRecipe, output: str | None = None) -> Path:
     """``<output>/<recipe name>`` for a local output; ``output`` (``--output``) overrides the recipe's."""
     where = output or loaded.recipe.output
+    if where.lower().startswith("file://"):
+        where = where[len("file://") :]
     if is_uri(where):
         raise LoupeError(f"{'--output' if output else 'output'}: {where!r} is a URI, not a local path")
     root = loaded.resolve(where)
@@ -112,21 +96,19 @@ def run_root(loaded: LoadedRecipe, output: str | None = None) -> Path:
 
 
 def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None = None) -> Plan:
-    """The plan of a recipe. A URI output (s3://, gs://, file://, ...) runs in a local staging dir
-    (``loupe.pipeline.remote``) that :func:`remote_sync` mirrors to it; RunDir needs atomic renames."""
+    """The plan of a recipe. A URI output (s3://, gs://, ...) is an object-store run dir that workers
+    write directly (``loupe.pipeline.storage``); the stages and executors do not know the difference."""
     lineage = lineage_hash(loaded)
     where = output or loaded.recipe.output
-    remote = None
-    if is_uri(where):
-        remote = RemoteRun(where, loaded.recipe.name, lineage, field="--output" if output else "output")
-        run = RunDir(remote.staging, lineage=lineage)
+    if is_uri(where) and not where.lower().startswith("file://"):
+        storage = open_storage(where, field="--output" if output else "output")
+        run = RunDir(storage.child(f"{loaded.recipe.name}/{lineage}"), lineage=lineage)
     else:
         run = RunDir(run_root(loaded, output) / lineage, lineage=lineage)
     plan = Plan(
         loaded=loaded,
         run=run,
         lineage=lineage,
-        remote=remote,
         limit=limit,
         identities=stage_identities(loaded),
     )
@@ -149,47 +131,16 @@ def make_plan(loaded: LoadedRecipe, output: str | None = None, limit: int | None
     return plan
 
 
-@contextmanager
-def remote_sync(plan: Plan, console: Any = None) -> Iterator[None]:
-    """Around a run with a URI output: copy the remote run dir down first, upload at the end, and
-    (best effort) on failure or Ctrl-C too, so committed shards are not lost. No-op for a local output."""
-    if plan.remote is None:
-        yield
-        return
-    plan.run.path.mkdir(parents=True, exist_ok=True)
-    plan.remote.download(plan.run.path)
-    try:
-        yield
-    except BaseException:
-        try:
-            plan.remote.upload(plan.run.path)
-        except Exception as e:  # keep the run's own error; the staging dir still holds the shards
-            if console is not None:
-                console.print(
-                    f"[yellow]warning:[/yellow] upload to {plan.remote.uri} failed ({e}); finished shards "
-                    f"are in {plan.run.path} and upload on the next run",
-                    highlight=False,
-                )
-        raise
-    try:
-        plan.remote.upload(plan.run.path)
-    except (OSError, ArrowException) as e:
-        raise LoupeError(
-            f"upload to {plan.remote.uri} failed ({e}); the finished run is in {plan.run.path}: "
-            "rerun the same command to upload it"
-        ) from None
-
-
 def open_run(plan: Plan, executor: str) -> None:
     from loupe import pipeline as _pkg  # noqa: F401  (version lookup below)
     from loupe.pipeline.integrity import verify_run
     from loupe.pipeline.reuse import adopt_upstream
 
     run = plan.run
-    run.path.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     # finished stages with the same identity in a sibling run dir are linked in, not recomputed
-    plan.reused = adopt_upstream(run, plan.identities)
+    # (hard links: a local run dir only)
+    plan.reused = adopt_upstream(run, plan.identities) if run.is_local else {}
     plan.previous_identities = {
         **run.manifest().get("stage_identities", {}),
         **{sid: plan.identities[sid] for sid in plan.reused},

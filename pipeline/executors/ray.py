@@ -30,10 +30,9 @@ its driver by a moment: every driver writes a fresh owner token into the run dir
 refuse to commit once the token is no longer theirs (:class:`FencedRunDir`), so a resubmitted
 job never races a dying one.
 
-The run directory must be on a filesystem every node sees at the same path (a local path on one
-machine; NFS/Lustre/a FUSE mount on a cluster). A URI output (``s3://``, ``gs://``, ...) runs in a
-local staging dir mirrored to the URI after every stage (:mod:`loupe.pipeline.remote`): on a
-multi-node cluster, point ``LOUPE_STAGING_DIR`` at a shared mount, since workers commit into it.
+The run directory is a local path every node sees at the same path (one machine; NFS/Lustre/a FUSE
+mount on a cluster), or an object-store URI (``s3://``, ``gs://``, ...) that every worker writes
+directly through ``pyarrow.fs`` (:mod:`loupe.pipeline.storage`): no shared mount, no driver staging.
 """
 
 from __future__ import annotations
@@ -58,9 +57,9 @@ from loupe.pipeline.errors import LoupeError
 from loupe.pipeline.evidence import build_stage_input, conform_evidence, remove_stage_input
 from loupe.pipeline.executors.local import _commit, _progress, _rate, finish_task, run_ingest, run_stage
 from loupe.pipeline.executors.oom import OOM_SPLITS, call_bounded, merge_metrics
-from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, remote_sync, stage_metrics
+from loupe.pipeline.executors.plan import Plan, StagePlan, noop_metrics, open_run, stage_metrics
 from loupe.pipeline.integrity import mark_verified
-from loupe.pipeline.rundir import COVERED_KEY, RunDir, atomic_write_text
+from loupe.pipeline.rundir import COVERED_KEY, RunDir
 
 #: Paths a ``ray job submit --working-dir`` upload should never carry (environments, outputs, caches).
 JOB_EXCLUDES = [
@@ -139,22 +138,23 @@ def connect(address: str | None, quiet: bool = False, num_cpus: int | None = Non
 class FencedRunDir(RunDir):
     """A run dir that commits only while ``token`` is the run's current owner (``_state/ray_owner``)."""
 
-    def __init__(self, path: str | os.PathLike, token: str, lineage: str | None = None):
-        super().__init__(path, lineage=lineage)
+    OWNER = "_state/ray_owner"
+
+    def __init__(self, run: RunDir, token: str):
+        super().__init__(run.storage, lineage=run.lineage)
         self.token = token
 
-    @property
-    def owner_path(self):
-        return self.path / "_state" / "ray_owner"
-
     def take_ownership(self) -> None:
-        atomic_write_text(self.owner_path, self.token)
+        self.write_text(self.OWNER, self.token)
 
     def commit(self, stage: str, *args: Any, **kwargs: Any) -> str:
-        owner = self.owner_path.read_text() if self.owner_path.exists() else None
+        try:
+            owner = self.read_text(self.OWNER)
+        except FileNotFoundError:
+            owner = None
         if owner != self.token:
             raise LoupeError(
-                f"run dir {self.path}: another run (owner {owner}) took it over; "
+                f"run dir {self.location}: another run (owner {owner}) took it over; "
                 f"this worker of stage {stage!r} stops without committing"
             )
         return super().commit(stage, *args, **kwargs)
@@ -162,7 +162,7 @@ class FencedRunDir(RunDir):
 
 def fenced(plan: Plan) -> Plan:
     """A copy of ``plan`` whose run dir is fenced by a new owner token, which it takes now."""
-    run = FencedRunDir(plan.run.path, uuid.uuid4().hex, lineage=plan.run.lineage)
+    run = FencedRunDir(plan.run, uuid.uuid4().hex)
     run.take_ownership()
     return dataclasses.replace(plan, run=run)
 
@@ -180,7 +180,7 @@ def committed_since(run: RunDir, sp: StagePlan, baseline: frozenset[str]) -> set
     done: set[str] = set()
     for f in run.shard_files(sp.table, sp.id):
         if f.name not in baseline:
-            done.update(json.loads((pq.read_schema(f).metadata or {}).get(COVERED_KEY, b"[]")))
+            done.update(json.loads((run.read_schema(f).metadata or {}).get(COVERED_KEY, b"[]")))
     return done
 
 
@@ -255,7 +255,7 @@ def _files_with(plan: Plan, todo: set[str]) -> list[str]:
     files = []
     want = pa.array(sorted(todo), pa.string())
     for f in plan.run.shard_files("samples"):
-        uids = pq.read_table(f, columns=["uid"])["uid"]
+        uids = pq.read_table(str(f), columns=["uid"], filesystem=plan.run.fs)["uid"]
         if pc.any(pc.is_in(uids, value_set=want)).as_py():
             files.append(str(f))
     return files
@@ -311,10 +311,10 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
         actors = _pool_size(sp, index)
         if sp.evidence:  # the stage's input joined with its evidence once, on the driver (O(N))
             inputs = build_stage_input(run, sp.id, sp.reads, sp.evidence, todo)
-            ds = ray.data.read_parquet([str(f) for f in inputs], num_cpus=_IO_CPUS)
+            ds = ray.data.read_parquet([str(f) for f in inputs], filesystem=run.fs, num_cpus=_IO_CPUS)
         else:
             todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
-            ds = ray.data.read_parquet(_files_with(plan, todo), num_cpus=_IO_CPUS)
+            ds = ray.data.read_parquet(_files_with(plan, todo), filesystem=run.fs, num_cpus=_IO_CPUS)
             ds = ds.select_columns(list(sp.reads)).map_batches(
                 _keep_todo,
                 fn_kwargs={"todo": todo_ref},
@@ -405,7 +405,7 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
 
 def check_run_dir(plan: Plan, console: Console) -> None:
     """Warn when the run dir would live inside a job's uploaded copy (node-local, deleted with the job)."""
-    if "runtime_resources" in plan.run.path.parts:
+    if plan.run.is_local and "runtime_resources" in plan.run.path.parts:
         console.print(
             f"[yellow]warning:[/yellow] the run dir {plan.run.path} is inside this job's uploaded working "
             "dir: it is node-local and deleted with the Ray session. Pass --output /shared/path.",
@@ -432,11 +432,9 @@ def run_ray(
         if quiet:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         metrics: dict[str, dict] = {}
-        # A URI output: the staging dir is copied down first (before fencing, so the remote never
-        # overwrites this driver's owner token) and uploaded after each stage.
         # One writer per run dir (the driver holds the lock file); the owner token below fences
         # the workers of an earlier, stopped driver.
-        with plan.run.writer_lock(), remote_sync(plan, console):
+        with plan.run.writer_lock():
             # Own the run dir before open_run cleans up orphans: a stopped job's late workers must not
             # commit into the state this run is about to read.
             plan = fenced(plan)
@@ -445,7 +443,6 @@ def run_ray(
             open_run(plan, "ray")
             with _progress(console, quiet) as progress:
                 metrics["ingest"] = run_ingest(plan, progress)
-                plan.on_stage_done("ingest")
                 for i, sp in enumerate(plan.stages):
                     noop = noop_metrics(plan, sp)
                     if noop is not None:
@@ -455,7 +452,6 @@ def run_ray(
                     else:
                         metrics[sp.id] = run_map_stage(plan, sp, i, progress)
                     plan.changed |= not metrics[sp.id].get("noop") and metrics[sp.id].get("rows_in", 0) > 0
-                    plan.on_stage_done(sp.id)
             plan.run.update_manifest(status="complete")
             mark_verified(plan.run)  # the next run re-reads only shards written after this
         return metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from loupe.pipeline.errors import LoupeError
@@ -41,7 +42,7 @@ def _check_output(run: RunDir, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise LoupeError(f"--output: {out} is a file; name a folder for the report")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        if out.resolve() != (run.path / "report").resolve():
+        if not run.is_local or out.resolve() != (run.path / "report").resolve():
             raise LoupeError(
                 f"--output: {out} is a non-empty folder that `loupe report` did not create; name a new "
                 "or empty folder (Loupe never replaces files it did not write)"
@@ -115,15 +116,21 @@ def build_report(
     output: str | Path | None = None,
     max_samples: int = 5000,
     compare: RunDir | str | Path | None = None,
-) -> Path:
+) -> Path | str:
     """Write the HTML report of ``run`` to ``output`` (default ``<run>/report``); return index.html.
 
     ``max_samples`` caps the rows of the searchable samples table (and so the thumbnails written);
     ``compare`` (another run dir) adds a side-by-side of both runs' captions of the same samples.
+    A run on an object store gets its ``report/`` there (built in a temp folder, then uploaded:
+    the page links its images relatively, so the folder must be whole); ``output`` writes it locally.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
-    if not run.manifest_path.exists():
-        raise LoupeError(f"{str(run.path)!r} is not a run directory (no manifest.json)")
+    if not run.has_manifest():
+        raise LoupeError(f"{run.location!r} is not a run directory (no manifest.json)")
+    if output is None and not run.is_local:
+        with tempfile.TemporaryDirectory(prefix="loupe-report-") as tmp:
+            build_report(run, Path(tmp) / "report", max_samples=max_samples, compare=compare)
+            return _upload_report(run, Path(tmp) / "report")
     out = report_path(run, output)
     _check_output(run, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,8 +140,8 @@ def build_report(
     other = None
     if compare is not None:
         other = compare if isinstance(compare, RunDir) else RunDir(compare)
-        if not other.manifest_path.exists():
-            raise LoupeError(f"--compare: {str(other.path)!r} is not a run directory (no manifest.json)")
+        if not other.has_manifest():
+            raise LoupeError(f"--compare: {other.location!r} is not a run directory (no manifest.json)")
     con = connect(run)
     try:
         d = read_report_data(con, run, max_samples=max_samples)
@@ -151,8 +158,18 @@ def build_report(
     index = out / "index.html"
     tmp = out / f"{TMP_PREFIX}index.html"
     page = render_page(
-        d, images, plots, compare=d.extra.get("compare"), compare_path=str(other.path) if other else None
+        d, images, plots, compare=d.extra.get("compare"), compare_path=other.location if other else None
     )
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)  # a reader never sees half a page
     return index
+
+
+def _upload_report(run: RunDir, folder: Path) -> str:
+    """Replace the run's ``report/`` with ``folder``; index.html goes last, so a reader that finds it
+    finds its thumbnails and plots too. Returns the page's URI."""
+    run.delete_dir("report")
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name == "index.html")
+    for p in files:
+        run.write_bytes(f"report/{p.relative_to(folder).as_posix()}", p.read_bytes())
+    return f"{run.location}/report/index.html"

@@ -205,22 +205,21 @@ def read_samples(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict[str, A
 def read_lengths(con: duckdb.DuckDBPyConnection, run: RunDir) -> tuple[list[int], list[int], dict[str, Any]]:
     """Token lengths per exported record, words per caption, and export/stats.json's summary."""
     tokens: list[int] = []
-    records = run.path / "export" / "records.parquet"
-    if records.exists():
+    if run.exists("export/records.parquet"):
         import pyarrow.parquet as pq  # the query connection reads no files itself (read-only)
 
-        tokens = [
-            t for t in pq.read_table(records, columns=["tokens"])["tokens"].to_pylist() if t is not None
-        ]
+        t = pq.read_table(run.storage.key("export/records.parquet"), columns=["tokens"], filesystem=run.fs)
+        tokens = [x for x in t["tokens"].to_pylist() if x is not None]
     words = [r[0] for r in con.execute("SELECT n_words FROM captions WHERE n_words IS NOT NULL").fetchall()]
-    stats_path = run.path / "export" / "stats.json"
-    stats: dict[str, Any] = {}
-    if stats_path.exists():
-        try:
-            stats = json.loads(stats_path.read_text())
-        except json.JSONDecodeError:
-            stats = {}
-    return tokens, words, stats
+    return tokens, words, export_stats(run)
+
+
+def export_stats(run: RunDir) -> dict[str, Any]:
+    """``export/stats.json`` of the run ({} when there is none or it is not JSON)."""
+    try:
+        return json.loads(run.read_text("export/stats.json"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def read_image_bytes(con: duckdb.DuckDBPyConnection, uids: list[str], chunk: int = 128):
@@ -264,7 +263,7 @@ def _quality(con: duckdb.DuckDBPyConnection, run: RunDir) -> dict[str, Any]:
     """``loupe eval --run``'s dataset-quality metrics (``loupe.eval.quality``), shown in the report."""
     from loupe.eval.quality import quality_metrics
 
-    return quality_metrics(con, run.path)
+    return quality_metrics(con, stats=export_stats(run))
 
 
 def report_path(run: RunDir, output: str | Path | None) -> Path:

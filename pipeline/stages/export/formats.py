@@ -28,7 +28,6 @@ trains Dragonfly, LLaVA (pre-alignment) or MG-LLaVA on Loupe's output with no gl
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loupe.pipeline.stages.export.conversations import caption_instruction, with_image_token
+from loupe.pipeline.storage import Storage, open_storage
 from loupe.schemas.llama3 import BOS, llama3_render
 
 DRAGONFLY_SCHEMA = pa.schema(
@@ -50,16 +50,18 @@ def dragonfly_text(turns: list[dict[str, str]]) -> str:
 
 
 def write_dragonfly_parquet(
-    records: list[dict[str, Any]], out_dir: Path, prefix: str, rows_per_file: int
-) -> list[Path]:
+    records: list[dict[str, Any]], out_dir: Path | Storage, prefix: str, rows_per_file: int
+) -> list[str]:
     """``out_dir/<prefix>_<nnnnn>.parquet`` with columns image_url, source, conversations (str).
 
-    ``image_url`` stays relative to ``export/`` (so ``--image_dir`` is the export folder). Old part
-    files of the same prefix are removed so a smaller rerun leaves no stale part behind.
+    ``out_dir`` is a local folder or a run dir's storage (object store). ``image_url`` stays relative
+    to ``export/`` (so ``--image_dir`` is the export folder). Old part files of the same prefix are
+    removed so a smaller rerun leaves no stale part behind. Returns the part names.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob(f"{prefix}_*.parquet"):
-        old.unlink()
+    out = open_storage(out_dir)
+    for old in out.sizes(""):
+        if old.startswith(f"{prefix}_") and old.endswith(".parquet"):
+            out.delete(old)
     written = []
     for part, start in enumerate(range(0, max(len(records), 1), rows_per_file)):
         chunk = records[start : start + rows_per_file]
@@ -74,11 +76,11 @@ def write_dragonfly_parquet(
             ],
             schema=DRAGONFLY_SCHEMA,
         )
-        dest = out_dir / f"{prefix}_{part:05d}.parquet"
-        tmp = dest.with_name(dest.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, dest)
-        written.append(dest)
+        name = f"{prefix}_{part:05d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        out.write_bytes(name, sink.getvalue().to_pybytes())
+        written.append(name)
     return written
 
 

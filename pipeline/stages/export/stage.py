@@ -25,7 +25,6 @@ and a rerun after new samples gives complete files. Records failing the schema b
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -37,10 +36,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from loupe.pipeline.rundir import atomic_write_text
 from loupe.pipeline.stage import Stage, StageOutput
 from loupe.pipeline.stages.export.conversations import build_turns, with_image_token
 from loupe.pipeline.stages.export.formats import llava_plain_records, mg_llava_boxes, write_dragonfly_parquet
+from loupe.pipeline.storage import Storage, open_storage
 from loupe.schemas.conversation import (
     CONVERSATIONS,
     CONVERSATIONS_INDEX,
@@ -77,33 +76,34 @@ def image_ext(data: bytes) -> str:
     return ".img"
 
 
-def write_conversations(records: list[dict], out: Path, shard_size: int | None) -> int:
+def write_conversations(records: list[dict], out_dir: Path | Storage, shard_size: int | None) -> int:
     """``out/conversations.jsonl``, or (more than ``shard_size`` records) shards plus an index.
 
-    Readers go by the index when there is one, so it is written after its shards and removed before
-    a single file replaces them; stale shards of an earlier, larger export are removed last.
-    Returns the number of JSONL files written."""
+    ``out_dir`` is a local folder or a run dir's storage (object store). Readers go by the index when
+    there is one, so it is written after its shards and removed before a single file replaces them;
+    stale shards of an earlier, larger export are removed last. Returns the number of JSONL files written."""
 
     def lines(rs: list[dict]) -> str:
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
 
-    old = set(out.glob("conversations-*.jsonl"))
+    out = open_storage(out_dir)
+    old = {n for n in out.sizes("") if n.startswith("conversations-") and n.endswith(".jsonl")}
     if shard_size is None or len(records) <= shard_size:
-        atomic_write_text(out / CONVERSATIONS, lines(records))
-        (out / CONVERSATIONS_INDEX).unlink(missing_ok=True)
+        out.write_text(CONVERSATIONS, lines(records))
+        out.delete(CONVERSATIONS_INDEX)
         for f in old:
-            f.unlink()
+            out.delete(f)
         return 1
     shards = []
     for i, start in enumerate(range(0, len(records), shard_size)):
         chunk = records[start : start + shard_size]
-        atomic_write_text(out / shard_name(i), lines(chunk))
+        out.write_text(shard_name(i), lines(chunk))
         shards.append({"path": shard_name(i), "records": len(chunk)})
     index = {"format": "llama3_jsonl", "records": len(records), "shards": shards}
-    atomic_write_text(out / CONVERSATIONS_INDEX, json.dumps(index, indent=1))
-    (out / CONVERSATIONS).unlink(missing_ok=True)
-    for f in old - {out / s["path"] for s in shards}:
-        f.unlink()
+    out.write_text(CONVERSATIONS_INDEX, json.dumps(index, indent=1))
+    out.delete(CONVERSATIONS)
+    for f in old - {s["path"] for s in shards}:
+        out.delete(f)
     return len(shards)
 
 
@@ -136,14 +136,14 @@ class Export(Stage):
 
     def __init__(self, config: Any, ctx):
         super().__init__(config, ctx)
-        self.dir = ctx.run.path / "export"
-        self.images = self.dir / config.image_dir
+        #: export/ of the run dir, wherever it lives (local folder or object store)
+        self.out = ctx.run.storage.child("export")
         self.count_tokens = TokenCounter(getattr(config, "tokenizer", None), ctx.recipe_dir)
 
     def _write_images(self, uids: set[str]) -> dict[str, str]:
         """Stream image bytes from samples/ to export/images/, returning uid -> relative path."""
-        self.images.mkdir(parents=True, exist_ok=True)
         paths: dict[str, str] = {}
+        have = self.out.sizes(self.config.image_dir)  # one listing, not one lookup per image
         ds = self.ctx.run.dataset("samples")
         flt = pads.field("uid").isin(pa.array(sorted(uids), pa.string()))
         for rb in ds.to_batches(columns=["uid", "image"], filter=flt, batch_size=256):
@@ -151,11 +151,8 @@ class Export(Stage):
                 if uid in paths or data is None:
                     continue
                 name = uid + image_ext(data)
-                dest = self.images / name
-                if not dest.exists() or dest.stat().st_size != len(data):
-                    tmp = dest.with_suffix(dest.suffix + ".tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, dest)
+                if have.get(name) != len(data):
+                    self.out.write_bytes(f"{self.config.image_dir}/{name}", data)
                 paths[uid] = f"{self.config.image_dir}/{name}"
         return paths
 
@@ -217,13 +214,12 @@ class Export(Stage):
     def _write(
         self, records: list[dict], per_record: list[dict], tasks: Counter, rows: dict[str, dict]
     ) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         fmts = set(self.config.formats)
         extra: dict[str, int] = {}
         if "dragonfly_parquet" in fmts:
             parts = write_dragonfly_parquet(
                 records,
-                self.dir / "dragonfly",
+                self.out.child("dragonfly"),
                 self.config.dragonfly_prefix,
                 self.config.dragonfly_rows_per_file,
             )
@@ -231,14 +227,14 @@ class Export(Stage):
         if "llava_plain_json" in fmts:
             caps = {u: ((r.get("captions") or [{}])[0].get("caption") or "") for u, r in rows.items()}
             plain = llava_plain_records(records, caps, self.config.seed)
-            atomic_write_text(self.dir / "llava_plain.json", json.dumps(plain, ensure_ascii=False, indent=1))
+            self.out.write_text("llava_plain.json", json.dumps(plain, ensure_ascii=False, indent=1))
             extra["llava_plain_records"] = len(plain)
         if "mg_llava_boxes" in fmts:
             boxes = mg_llava_boxes(records, rows)
-            atomic_write_text(self.dir / "mg_llava_boxes.json", json.dumps(boxes, ensure_ascii=False))
+            self.out.write_text("mg_llava_boxes.json", json.dumps(boxes, ensure_ascii=False))
             extra["mg_llava_boxes"] = sum(len(b["boxes"]) for b in boxes)
         if "llama3_jsonl" in fmts:
-            extra["conversation_files"] = write_conversations(records, self.dir, self.config.shard_size)
+            extra["conversation_files"] = write_conversations(records, self.out, self.config.shard_size)
         if "llava_json" in fmts:
             llava = [
                 {
@@ -248,7 +244,7 @@ class Export(Stage):
                 }
                 for r in records
             ]
-            atomic_write_text(self.dir / "llava.json", json.dumps(llava, ensure_ascii=False, indent=1))
+            self.out.write_text("llava.json", json.dumps(llava, ensure_ascii=False, indent=1))
         table = pa.Table.from_pylist(
             per_record,
             schema=pa.schema(
@@ -261,12 +257,10 @@ class Export(Stage):
                 ]
             ),
         )
-        tmp = self.dir / "records.parquet.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.dir / "records.parquet")
-        atomic_write_text(
-            self.dir / "stats.json", json.dumps({**self._stats(per_record, tasks), **extra}, indent=2)
-        )
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.out.write_bytes("records.parquet", sink.getvalue().to_pybytes())
+        self.out.write_text("stats.json", json.dumps({**self._stats(per_record, tasks), **extra}, indent=2))
 
     def _stats(self, per_record: list[dict], tasks: Counter) -> dict:
         toks = np.array([p["tokens"] for p in per_record] or [0])

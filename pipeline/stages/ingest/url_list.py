@@ -249,7 +249,7 @@ class UrlList(Source):
     # ------------------------------------------------------------------ img2dataset
     def scratch_dir(self) -> Path:
         run = self.ctx.run
-        if run is None:
+        if run is None or not run.is_local:  # img2dataset writes local files (object store: a temp dir)
             return Path(tempfile.mkdtemp(prefix="loupe-url-list-"))
         return run.path / "_state" / "ingest" / "url_list" / self.name
 
@@ -294,7 +294,7 @@ class UrlList(Source):
             )
         scratch = self.scratch_dir()
         run = self.ctx.run
-        if run is not None and not scratch.resolve().is_relative_to(run.path.resolve()):
+        if run is not None and run.is_local and not scratch.resolve().is_relative_to(run.path.resolve()):
             # source names are validated (one folder name), so this is a last line of defence:
             # never delete anything outside the run dir
             raise RecipeError(f"source {self.name!r}: scratch folder {scratch} is outside the run dir")

@@ -1,0 +1,351 @@
+"""Run dirs on an object store: a real S3-compatible server process (moto) on 127.0.0.1.
+
+Workers write shards straight to their final keys and commit each with a marker object
+(``loupe.pipeline.storage``); nothing is staged on the driver. A real ``kill -9`` of a run in a
+subprocess, a resume, then ``loupe query`` and ``loupe report`` on the ``s3://`` URI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+from typer.testing import CliRunner
+
+from loupe.pipeline.cli import app
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.executors.plan import make_plan
+from loupe.pipeline.recipe import load_recipe
+from loupe.pipeline.rundir import RunDir
+from loupe.pipeline.storage import MARKER, ObjectStorage, open_storage
+
+pytest.importorskip("moto", reason="the S3 tests run against moto's server: pip install 'loupe[test]'")
+pytest.importorskip("flask", reason="moto's server mode needs flask: pip install 'moto[server]'")
+
+LIVE_DEMO = 33  # 37 files - 3 planted duplicates - 1 corrupt
+BUCKET = "loupe-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """``moto_server`` as its own process on a free local port; credentials and endpoint via env only
+    (AWS_EC2_METADATA_DISABLED: the SDK never probes the network for credentials)."""
+    port = _free_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    exe = Path(sys.executable).with_name("moto_server")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen(
+        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for k, v in locals().get("saved", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_root(s3_server) -> str:
+    """A fresh prefix in the bucket for one test."""
+    return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}"
+
+
+def _recipe(tmp_path: Path, images: Path) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(
+        textwrap.dedent(f"""\
+        name: store
+        output: runs
+        sources:
+          - {{type: local_folder, name: demo, path: {images}}}
+        stages:
+          - stage: exact_dedup
+          - {{stage: caption, backend: composer, batch_size: 8}}
+          - {{stage: export, formats: [llama3_jsonl, dragonfly_parquet, llava_json]}}
+        """)
+    )
+    return p
+
+
+# A tagging stage placed before the recipe's stages that SIGKILLs its own process on batch `kill_at`
+# (no cleanup, no flushing); its tags feed the captions, so the export depends on it.
+SCRIPT = """
+import os, signal, sys
+import pyarrow as pa
+from loupe.pipeline.executors.local import run_local
+from loupe.pipeline.executors.plan import StagePlan, make_plan
+from loupe.pipeline.recipe import load_recipe
+from loupe.pipeline.stage import Stage, StageOutput
+from loupe.schemas.recipe import StageConfig
+from loupe.schemas.tables import TAGS
+
+KILL_AT = int(sys.argv[3])
+
+
+class Doomed(Stage):
+    name = "doomed"
+    table = "tags"
+    reads = ("uid", "source_id")
+    calls = 0
+
+    def __call__(self, batch):
+        Doomed.calls += 1
+        if Doomed.calls == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+        rows = [{"uid": r["uid"], "model": "doomed", "tag": r["source_id"].split(".")[0], "score": 0.9}
+                for r in batch.to_pylist()]
+        return StageOutput(rows=pa.Table.from_pylist(rows, schema=TAGS))
+
+
+plan = make_plan(load_recipe(sys.argv[1]), sys.argv[2])
+sp = StagePlan("doomed", StageConfig(batch_size=8), Doomed, "tags", False, Doomed.reads, ())
+plan.stages.insert(1, sp)
+m = run_local(plan, quiet=True)
+print("METRICS", {k: v.get("skipped_done") for k, v in m.items()})
+"""
+
+
+def _run_script(tmp_path: Path, recipe: Path, output: str, kill_at: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "doomed.py"
+    script.write_text(SCRIPT)
+    return subprocess.run(
+        [sys.executable, str(script), str(recipe), output, str(kill_at)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _tags(run: RunDir) -> list[str]:
+    return sorted(run.read_table("tags", ["uid"]).column("uid").to_pylist())
+
+
+def _export(run: RunDir) -> dict[str, bytes]:
+    return {
+        name: run.storage.read_bytes(f"export/{name}")
+        for name in ("conversations.jsonl", "llava.json", "stats.json", "dragonfly/loupe_00000.parquet")
+    }
+
+
+@pytest.mark.slow  # ~45 s: three runs in subprocesses
+@pytest.mark.timeout(600)
+def test_kill_9_on_s3_then_resume_equals_a_clean_local_run(tmp_path, demo_images, s3_root):
+    recipe = _recipe(tmp_path, demo_images)
+    clean = _run_script(tmp_path, recipe, str(tmp_path / "local"), 0)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    local = make_plan(load_recipe(recipe), str(tmp_path / "local")).run
+
+    killed = _run_script(tmp_path, recipe, s3_root, 3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = make_plan(load_recipe(recipe), s3_root).run
+    assert not run.is_local and run.location.startswith(f"{s3_root}/store/")
+    # two batches of 8 committed before the kill; the run's writer lease is still there
+    assert len(_tags(run)) == 16
+    assert run.exists("_state/writer.lock")
+    # a shard a killed worker uploaded without its marker is not committed: readers skip it
+    orphan = f"{run.table_rel('tags')}/doomed-20260101000000-{'0' * 10}.parquet"
+    run.storage.write_bytes(orphan, b"half a shard")
+    assert len(_tags(run)) == 16
+
+    resumed = _run_script(tmp_path, recipe, s3_root, 0)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "'doomed': 16" in resumed.stdout  # the committed batches were not redone
+    tags = _tags(run)
+    assert tags == _tags(local) and len(tags) == len(set(tags)) == LIVE_DEMO
+    assert not run.exists(orphan)  # the uncommitted upload was cleaned when the run opened
+    assert run.manifest()["status"] == "complete" and run.manifest()["cleaned_orphans"] >= 1
+    assert not run.exists("_state/writer.lock")  # the lease is released at the end
+    # every committed shard has its marker; the export equals the clean local run's, byte for byte
+    for f in run.shard_files("samples") + run.shard_files("tags") + run.shard_files("captions"):
+        marker = json.loads(run.storage.read_text(run.rel(f) + MARKER))
+        assert marker["size"] == run.fs.get_file_info(str(f)).size and marker["lineage"] == run.lineage
+    assert _export(run) == _export(local)
+    lines = _export(run)["conversations.jsonl"].decode().splitlines()
+    assert len(lines) == LIVE_DEMO and len({json.loads(x)["uid"] for x in lines}) == LIVE_DEMO
+
+    # loupe query on the URI (the run dir, and the recipe's folder: newest run inside)
+    for where in (run.location, f"{s3_root}/store"):
+        res = CliRunner().invoke(app, ["query", where, "SELECT count(*) AS n FROM live", "--format", "json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["n"] == LIVE_DEMO
+    res = CliRunner().invoke(
+        app, ["query", run.location, "SELECT count(*) AS n FROM tags", "--format", "csv"]
+    )
+    assert res.exit_code == 0 and res.output.split() == ["n", str(LIVE_DEMO)]
+    # the lockdown holds on an object-store run too: no file access from SQL
+    res = CliRunner().invoke(app, ["query", run.location, "SELECT * FROM read_csv('/etc/passwd')"])
+    assert res.exit_code == 2 and "query failed" in res.output
+
+    # loupe report on the URI: the report lands in the run's report/ on the store
+    res = CliRunner().invoke(app, ["report", run.location])
+    assert res.exit_code == 0, res.output
+    page = run.storage.read_text("report/index.html")
+    assert "<html" in page.lower() and str(LIVE_DEMO) in page
+    assert any(n.endswith(".png") for n in run.storage.sizes("report/plots"))
+    # and to a local folder with --output
+    res = CliRunner().invoke(app, ["report", run.location, "--output", str(tmp_path / "rep")])
+    assert res.exit_code == 0 and (tmp_path / "rep" / "index.html").exists()
+
+
+def test_cli_run_on_s3_writes_the_whole_run_dir_there(tmp_path, demo_images, s3_root):
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(
+        f"name: small\noutput: {s3_root}\nsources:\n  - {{type: local_folder, name: demo, path: {demo_images}}}\n"
+        "stages:\n  - stage: exact_dedup\n"
+    )
+    res = CliRunner().invoke(app, ["run", str(recipe), "-q"])
+    assert res.exit_code == 0, res.output
+    run = make_plan(load_recipe(recipe)).run
+    assert f"run dir: {run.location}" in " ".join(res.output.split())
+    assert len(run.live_uids()) == LIVE_DEMO and run.manifest()["status"] == "complete"
+    assert f"loupe query {run.location}" in run.read_text("README.md")
+    assert pq_rows(run, "live.parquet") == LIVE_DEMO
+    assert "loupe run" in run.read_text("run.log")
+    assert not list((tmp_path).glob("runs"))  # nothing was written next to the recipe
+    # a second writer is refused while the first holds the lease
+    with run.writer_lock():
+        res = CliRunner().invoke(app, ["run", str(recipe), "-q"])
+    assert res.exit_code == 2 and "is being written by another run" in res.output
+
+
+def pq_rows(run: RunDir, rel: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(run.storage.key(rel), filesystem=run.fs).num_rows
+
+
+def test_uncommitted_shards_are_invisible_and_cleaned(s3_root):
+    run = RunDir(open_storage(f"{s3_root}/r"), lineage="abc")
+    t = pa.table({"uid": ["a", "b"]})
+    shard = run.commit("st", None, t, None, ["a", "b"])
+    files = run.shard_files(None, "st")
+    assert [f.name for f in files] == [f"{shard}.parquet"]
+    assert run.done_uids("st", None) == {"a", "b"}
+    # data without marker (killed between the two PUTs) and a marker without data
+    run.storage.write_bytes("_state/st/st-1-x.parquet", b"partial")
+    run.storage.write_text("_state/st/st-2-y.parquet" + MARKER, "{}")
+    assert [f.name for f in run.shard_files(None, "st")] == [f"{shard}.parquet"]
+    assert run.cleanup() == 2
+    assert sorted(run.storage.sizes("_state/st")) == [f"{shard}.parquet"]
+    # a write that raises leaves no partial object behind
+    with pytest.raises(RuntimeError):
+        with run.storage.open_output("export/x.jsonl") as out:
+            out.write(b"half")
+            raise RuntimeError("boom")
+    assert not run.exists("export/x.jsonl")
+
+
+def test_writer_lease_refuses_a_live_holder_and_takes_over_a_dead_one(s3_root):
+    store = ObjectStorage(f"{s3_root}/lease")
+    lease = "_state/writer.lock"
+    live = {"pid": 1, "host": "elsewhere", "started": "00:00:00", "cmd": "loupe run x.yaml"}
+    store.write_text(lease, json.dumps({**live, "token": "t", "expires": time.time() + 60}))
+    with pytest.raises(LoupeError, match=r"being written by another run \(pid 1 on elsewhere.*lease"):
+        with store.writer_lock(lease):
+            pass
+    # an expired lease, and one of a dead process on this machine, are taken over at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for stale in (
+        {**live, "expires": time.time() - 1},
+        {**live, "host": socket.gethostname(), "pid": dead.pid, "expires": time.time() + 60},
+    ):
+        store.write_text(lease, json.dumps({**stale, "token": "old"}))
+        with store.writer_lock(lease):
+            held = json.loads(store.read_text(lease))
+            assert held["pid"] == os.getpid() and held["token"] != "old"
+        assert not store.exists(lease)
+
+
+def test_storage_pickles_without_its_filesystem(s3_root):
+    import pickle
+
+    store = ObjectStorage(f"{s3_root}/p")
+    store.write_text("a.txt", "x")
+    back = pickle.loads(pickle.dumps(store))
+    assert back._fs is None and back.location == store.location
+    assert back.read_text("a.txt") == "x"  # rebuilt from the URI where it is unpickled (a worker)
+
+
+def test_unknown_scheme_is_a_clear_error_naming_the_field(tmp_path, demo_images):
+    loaded = load_recipe(_recipe(tmp_path, demo_images))
+    with pytest.raises(LoupeError, match=r"^--output: 'nope://bucket/runs': neither pyarrow nor fsspec"):
+        make_plan(loaded, "nope://bucket/runs")
+    loaded.recipe.output = "nope://bucket/runs"
+    with pytest.raises(LoupeError, match=r"^output: 'nope://"):
+        make_plan(loaded)
+    result = CliRunner().invoke(app, ["run", str(_recipe(tmp_path, demo_images)), "--output", "nope://b/r"])
+    assert result.exit_code == 2 and "neither pyarrow nor fsspec can open nope://" in result.output
+
+
+def test_file_uri_is_a_local_run_dir(tmp_path, demo_images):
+    plan = make_plan(load_recipe(_recipe(tmp_path, demo_images)), f"file://{tmp_path / 'out'}")
+    assert plan.run.is_local and plan.run.path == tmp_path / "out" / "store" / plan.lineage
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_ray_workers_write_the_s3_run_dir_directly(tmp_path, demo_images, s3_root):
+    """Under Ray the actors and the global tasks commit to the store themselves (no driver staging)."""
+    from ray_helpers import private_ray
+
+    from loupe.pipeline.executors.ray import run_ray
+
+    recipe = _recipe(tmp_path, demo_images)
+    with private_ray(__name__):
+        plan = make_plan(load_recipe(recipe), s3_root)
+        m = run_ray(plan, quiet=True)
+    assert m["exact_dedup"]["drops"] == 3 and m["caption"]["rows_out"] == LIVE_DEMO
+    run = plan.run
+    caps = run.read_table("captions", ["uid"]).column("uid").to_pylist()
+    assert len(caps) == len(set(caps)) == LIVE_DEMO
+    assert run.manifest()["executor"] == "ray" and run.manifest()["status"] == "complete"
+    assert len(run.storage.read_text("export/conversations.jsonl").splitlines()) == LIVE_DEMO
+    assert isinstance(run.fs, pafs.S3FileSystem)

@@ -18,8 +18,12 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
 * ``exact_dedup`` and ``phash_dedup`` run as Ray Data shuffles (sha256 partitions; band-LSH buckets,
   then groups of components) whose tasks commit their own shards (:mod:`loupe.pipeline.executors.ray_dedup`);
   the driver only sums count rows.
-* any other **global stage** (semdedup, select, export) runs as one Ray task with the stage's
-  ``num_cpus``/``num_gpus`` — the same code as the local executor, on a worker.
+* **semdedup** and **select** (per SemDeDup cluster) run distributed (:mod:`loupe.pipeline.executors.ray_semdedup`):
+  k-means on a sample in one task, assignment as a ``map_batches`` that spills vectors by cluster,
+  then one task per group of clusters that commits its own rows; no process holds every vector.
+* any other **global stage** (export; select with ``clusters: kmeans`` or ``clip_score``; semdedup
+  with ``keep: random``) runs as one Ray task with the stage's ``num_cpus``/``num_gpus``: the same
+  code as the local executor, on a worker.
 
 Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's
 rerun skips every committed uid (except for ``rerun_all`` stages such as export, which see every live
@@ -376,6 +380,7 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
     import ray
 
     from loupe.pipeline.executors.ray_dedup import DISTRIBUTED, run_distributed
+    from loupe.pipeline.executors.ray_semdedup import run_vector_stage
 
     if sp.cls.name in DISTRIBUTED:  # a shuffle over the cluster instead of one task (ray_dedup)
         return run_distributed(plan, sp, DISTRIBUTED[sp.cls.name], progress)
@@ -383,6 +388,11 @@ def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
     res = sp.config.resources
     t0 = time.time()
     task = progress.add_task(sp.id, total=None, rate="", drops=0)
+    m = run_vector_stage(plan, sp)  # semdedup, select: spread over tasks, no process holds every vector
+    if m is not None:
+        progress.update(task, total=m["rows_in"], completed=m["rows_in"], drops=m["drops"])
+        finish_task(progress, task, sp.id, m)
+        return m
     remote = ray.remote(_global_task).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus)
     m = ray.get(remote.remote(plan, sp.id))
     progress.update(task, total=m["rows_in"], completed=m["rows_in"], drops=m["drops"])

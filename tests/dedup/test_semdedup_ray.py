@@ -1,5 +1,7 @@
-"""SemDeDup on Ray Data (k-means on a sample, distributed assignment, one task per cluster) gives the
-local pass's kept sets exactly, and the release's all-pairs reference's."""
+"""SemDeDup on Ray (k-means on a sample, assignment spilled by cluster, one task per group of
+clusters) gives the local pass's kept sets exactly, and the release's all-pairs reference's; so does
+the per-cluster rule alone, in memory or spilled to a memory map, with earlier-kept members and the
+greedy variant."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ import pytest
 from ray_helpers import private_ray
 
 from loupe.pipeline.stages.dedup.semdedup import semdedup_clusters, semdedup_naive, spherical_kmeans
-from loupe.pipeline.stages.dedup.semdedup_ray import sample_indices, semdedup_ray
+from loupe.pipeline.stages.dedup.semdedup_ray import (
+    cluster_groups,
+    sample_indices,
+    semdedup_group,
+    semdedup_ray,
+)
 
 EPS = [0.02, 0.1, 0.2]
 K = 8
@@ -33,7 +40,7 @@ def planted() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ray_results(planted):
+def ray_results(planted, tmp_path_factory):
     x = planted
     n = len(x)
     vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), x.shape[1])
@@ -43,19 +50,21 @@ def ray_results(planted):
     with private_ray(__name__) as ray:
         for keep in ("hard", "easy"):
             ds = ray.data.from_arrow(shards)
-            res, cent = semdedup_ray(
+            res, cent, sizes = semdedup_ray(
                 ds,
                 n,
                 K,
                 EPS,
+                tmp_path_factory.mktemp(keep),
                 keep=keep,
                 block_size=64,
                 kmeans_iters=10,
                 seed=5,
                 use_gpu="no",
-                num_partitions=4,
+                spill_bytes=200 * 64 * 4 if keep == "easy" else 1 << 30,  # "easy": big clusters memory-mapped
+                rows_per_file=400,
             )
-            out[keep] = (pa.concat_tables(ray.get(res.to_arrow_refs())), cent)
+            out[keep] = (pa.concat_tables(list(res)), cent, sizes)
     return out
 
 
@@ -64,6 +73,7 @@ def _by_idx(t: pa.Table, n: int) -> dict[str, np.ndarray]:
     assert np.array_equal(np.sort(idx), np.arange(n))  # every vector once: nothing lost, nothing twice
     o = np.argsort(idx)
     removed = np.array(t["removed"].to_pylist(), bool)[o]
+    assert t["representative"].to_numpy(zero_copy_only=False).sum() == len(np.unique(t["cluster"]))
     return {
         "cluster": t["cluster"].to_numpy()[o],
         "similarity": t["similarity"].to_numpy()[o],
@@ -92,8 +102,9 @@ def test_sample_is_faiss_own(planted):
 @pytest.mark.parametrize("keep", ["hard", "easy"])
 def test_ray_equals_local_and_all_pairs(planted, ray_results, keep):
     x = planted
-    table, cent = ray_results[keep]
+    table, cent, sizes = ray_results[keep]
     got = _by_idx(table, len(x))
+    assert np.array_equal(sizes, np.bincount(got["cluster"], minlength=K))
     km = spherical_kmeans(x, K, 10, 5, "no", 256)
     assert np.array_equal(cent, km.centroids)
     assert np.array_equal(got["cluster"], km.labels)
@@ -108,6 +119,43 @@ def test_ray_equals_local_and_all_pairs(planted, ray_results, keep):
     assert 0 < (~got[0.2]).sum() < len(x) - 100  # the planted copies go; the rule did something
 
 
-def test_random_order_refused():
+def test_random_order_refused(tmp_path):
     with pytest.raises(ValueError, match="keep: random"):
-        semdedup_ray(None, 10, 2, EPS, keep="random")
+        semdedup_ray(None, 10, 2, EPS, tmp_path, keep="random")
+
+
+@pytest.mark.parametrize("variant", ["paper", "greedy"])
+@pytest.mark.parametrize("spill_bytes", [1 << 30, 0])  # 0: every cluster compared from a memory map
+def test_group_rule_equals_local_pass(planted, tmp_path, variant, spill_bytes):
+    """semdedup_group on clusters as the group tasks read them (sorted by cluster, then idx), with a
+    third of the rows kept by an earlier run, equals semdedup_clusters on the whole input."""
+    x = planted
+    km = spherical_kmeans(x, K, 5, 5, "no", 256)
+    prior = np.random.default_rng(1).random(len(x)) < 0.3
+    local = semdedup_clusters(x, km.labels, km.similarity, EPS, "hard", variant, 48, kept_before=prior)
+    order = np.lexsort((np.arange(len(x)), km.labels))
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x[order].ravel(), pa.float32()), x.shape[1])
+    t = pa.table(
+        {
+            "idx": pa.array(order, pa.int64()),
+            "vector": vec,
+            "similarity": km.similarity[order],
+            "cluster": km.labels[order],
+            "prior": prior[order],
+        }
+    )
+    r = semdedup_group(t, EPS, "hard", variant, 48, tmp_path / "big", spill_bytes)
+    got = _by_idx(r, len(x))
+    for e in EPS:
+        assert np.array_equal(got[e], local.removed[e]), e
+    assert np.array_equal(got["max_similarity"], local.max_similarity)
+    assert np.array_equal(got["duplicate_of"], local.duplicate_of)
+    assert not any((tmp_path / "big").glob("*.npy"))  # memory maps are removed after use
+
+
+def test_cluster_groups_hold_at_most_the_largest_cluster():
+    sizes = np.array([5, 0, 3, 9, 1, 1, 0, 2, 0])
+    groups = cluster_groups(sizes, 9)
+    assert groups == [(0, 3), (3, 4), (4, 9)]
+    assert all(sizes[a:b].sum() <= 9 for a, b in groups)
+    assert sorted(c for a, b in groups for c in range(a, b) if sizes[c]) == list(np.flatnonzero(sizes))

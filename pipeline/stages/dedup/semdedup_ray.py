@@ -1,29 +1,51 @@
-"""SemDeDup on Ray Data, as the release and NeMo Curator run it at scale: no process holds all vectors.
+"""SemDeDup on Ray, as the release and NeMo Curator run it at scale: no process holds all vectors.
 
-Three steps over a Ray ``Dataset`` with columns ``idx`` (int64, the vector's position in the
-input order) and ``vector`` (``dim`` floats), plus an optional bool ``prior`` (kept by an earlier run):
+Input: a Ray ``Dataset`` with columns ``idx`` (int64, the vector's position in the input order) and
+``vector`` (``dim`` floats), plus any other columns (``uid``, ``prior`` = kept by an earlier run),
+which travel with the vector. Three steps:
 
-1. **k-means on a sample, in one task.** faiss trains on at most ``max_points_per_centroid`` (256)
-   points per centroid (the release's ``clustering/clustering.py`` keeps faiss's default sampling);
-   faiss draws them as the first ``k * 256`` of ``rand_perm(n, seed)`` (faiss
-   ``Clustering.cpp``, ``subsample_training_set``). We draw the same indices on the driver, pull only
-   those rows out of the shards with a filter map, and train in one task on them *in that order*,
-   so faiss sees exactly the input it sees in :func:`~.semdedup.spherical_kmeans`: same centroids.
-2. **Assignment** of every vector to its nearest centroid: a ``map_batches`` over the shards
-   (NeMo Curator's ``KMeans`` predict step), with the centroids broadcast once.
-3. **The within-cluster rule** (:func:`~.semdedup.semdedup_clusters`, ARCHITECTURE.md's
-   definition: ``M[j]`` over all earlier members) as ``groupby("cluster").map_groups``: each
-   cluster in its own task, members sorted by ``idx`` first so ties in the order break as locally.
+1. **k-means on a sample, in one task** (:func:`train_centroids`). faiss trains on at most
+   ``max_points_per_centroid`` (256) points per centroid (the release's ``clustering/clustering.py``
+   keeps faiss's default sampling); faiss draws them as the first ``k * 256`` of
+   ``rand_perm(n, seed)`` (faiss ``Clustering.cpp``, ``subsample_training_set``). We draw the same
+   indices on the driver, pull only those rows out of the shards with a filter map, and train in one
+   task on them *in that order*, so faiss sees exactly what it sees in
+   :func:`~.semdedup.spherical_kmeans`: same centroids.
+2. **Assignment, spilled by cluster** (:func:`spill_by_cluster`): a ``map_batches`` over the shards
+   (NeMo Curator's ``KMeans`` predict step) gives each row its nearest centroid (or, for selection,
+   the cluster an earlier stage recorded) and writes the batch, **sorted by cluster**, to one
+   uncompressed Arrow IPC file under a scratch dir. It returns only per-cluster counts.
+3. **The within-cluster rule** (:func:`semdedup_group`, ARCHITECTURE.md's definition: ``M[j]`` over
+   all earlier members) as a parallel map over **groups of consecutive cluster ids**, packed so a
+   group holds at most as many rows as the largest cluster. A group task memory-maps every spill
+   file, binary-searches its cluster range in the sorted ``cluster`` column and copies only those
+   rows, so it reads exactly its clusters and nothing else.
 
-Result: one row per vector (``idx``, ``cluster``, ``similarity``, ``max_similarity``,
-``duplicate_of`` as an ``idx`` or -1, and ``removed`` as a list of bools, one per sorted epsilon).
-``keep="random"`` is refused: the local rule shuffles with one generator across clusters in order,
-which a per-cluster task cannot reproduce.
+Why not ``groupby("cluster").map_groups`` (the first version of this module): measured with
+``benchmarks/bench_semdedup_ray.py`` the largest worker's private memory grew with N (1.2 GB at
+62.5k vectors, 4.3 GB at 250k) and the process holding it was Ray Data's hash-shuffle aggregator
+actor, which keeps its whole partition (N / ``num_partitions`` rows, every cluster hashed to it)
+until it finalises. More partitions only divide that by a constant. The spill files instead make
+the bound structural: a group task holds at most ``max(largest cluster, block_size)`` rows, whatever N.
+They also give the issue's "spill a cluster too large for memory to blocks" for free: a cluster past
+``spill_bytes`` is copied, in order, to a ``.npy`` memory map and compared block by block
+(:func:`~.semdedup._max_earlier` only slices ``block_size`` rows at a time), so its task holds
+O(``block_size``²) plus the page cache. The scratch files live in the run dir (which every node sees,
+docs/ray.md), so a rerun after a kill can reuse them.
+
+Results equal :func:`~.semdedup.spherical_kmeans` + :func:`~.semdedup.semdedup_clusters` on the
+same vectors in ``idx`` order, bit for bit: raw vectors travel, and each task normalises rows and
+orders members (by ``idx`` first) exactly as the local pass does. ``keep="random"`` is refused: the
+local rule shuffles with one generator across clusters in order, which a per-cluster task cannot
+reproduce.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,15 +55,21 @@ from loupe.pipeline.stages.dedup.semdedup import (
     Keep,
     Variant,
     _as_unit,
+    _cluster_order,
     _epsilons,
+    _greedy,
+    _max_earlier,
     centroid_similarity,
     faiss_gpus,
-    semdedup_clusters,
 )
 
 #: faiss's ``IndexFlatIP.search`` uses BLAS from this many queries on (``distance_compute_blas_threshold``)
 #: and a per-row kernel below it; a batch is padded to it so every row is scored by the same kernel.
 _BLAS_MIN = 20
+#: rows per spill file (the assignment map's batch): embeddings shards are small (one per embed batch)
+SPILL_ROWS = 20_000
+#: a cluster whose vectors pass this many bytes is compared from a memory-mapped file, block by block
+SPILL_BYTES = 1 << 30
 
 
 def sample_indices(n: int, k: int, seed: int, max_points_per_centroid: int | None) -> np.ndarray:
@@ -58,24 +86,32 @@ def sample_indices(n: int, k: int, seed: int, max_points_per_centroid: int | Non
 
 
 def _matrix(col: Any) -> np.ndarray:
-    """A ``vector`` column of a numpy batch (2-D, or an object array of rows) as float32 (b, d)."""
+    """A ``vector`` column (numpy 2-D or object rows, or an Arrow fixed/variable list) as float32 (b, d)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if isinstance(col, (pa.FixedSizeListArray, pa.ListArray, pa.LargeListArray)):
+        if len(col) == 0:
+            return np.zeros((0, 0), np.float32)
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return np.ascontiguousarray(flat.reshape(len(col), -1), dtype=np.float32)
     arr = np.asarray(col)
     if arr.dtype == object:
         arr = np.stack([np.asarray(v, np.float32) for v in arr]) if len(arr) else np.zeros((0, 0), np.float32)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+# ------------------------------------------------------------------------------ 1. k-means on a sample
 def _train(blocks: list[Any], sample: np.ndarray, k: int, iters: int, seed: int, use_gpu: str) -> np.ndarray:
     """Train spherical k-means on the sample rows (Arrow block refs), in ``sample`` order."""
     import faiss
     import ray
 
     tables = [t for t in ray.get(blocks) if t.num_rows]
-    t = pa.concat_tables(tables) if tables else None
-    idx = t["idx"].to_numpy() if t is not None else np.zeros(0, np.int64)
+    t = pa.concat_tables(tables).combine_chunks()
+    idx = t["idx"].to_numpy()
     pos = {int(i): p for p, i in enumerate(sample.tolist())}
     order = np.argsort([pos[int(i)] for i in idx], kind="stable")
-    x = _as_unit(_matrix(t.column("vector").to_numpy(zero_copy_only=False))[order])
+    x = _as_unit(_matrix(t["vector"])[order])
     n, d = x.shape
     k = max(1, min(k, n))
     km = faiss.Kmeans(
@@ -86,48 +122,303 @@ def _train(blocks: list[Any], sample: np.ndarray, k: int, iters: int, seed: int,
     return _as_unit(km.centroids)
 
 
-def _keep_sample(batch: dict[str, np.ndarray], sample: np.ndarray) -> dict[str, np.ndarray]:
-    keep = np.isin(batch["idx"], sample)
-    return {c: v[keep] for c, v in batch.items()}
+def _keep_sample(batch: pa.Table, sample: np.ndarray) -> pa.Table:
+    return batch.select(["idx", "vector"]).filter(pa.array(np.isin(batch["idx"].to_numpy(), sample)))
 
 
-def _assign(batch: dict[str, np.ndarray], centroids: Any) -> dict[str, np.ndarray]:
-    """Nearest centroid (inner product of unit vectors) and the cosine to it, per row."""
-    import faiss
+def train_centroids(
+    ds: Any,
+    n: int,
+    n_clusters: int,
+    kmeans_iters: int = 100,
+    seed: int = 1234,
+    use_gpu: Literal["auto", "yes", "no"] = "auto",
+    max_points_per_centroid: int | None = 256,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+) -> np.ndarray:
+    """Spherical k-means centroids of the ``n`` vectors of ``ds``: only the training sample moves."""
     import ray
 
-    cent = ray.get(centroids) if isinstance(centroids, ray.ObjectRef) else centroids
-    x = _as_unit(_matrix(batch["vector"]))
+    if n == 0:
+        raise ValueError("semdedup_ray: no vectors")
+    sample = sample_indices(n, n_clusters, seed, max_points_per_centroid)
+    picked = ds.map_batches(_keep_sample, fn_kwargs={"sample": sample}, batch_format="pyarrow").materialize()
+    train = ray.remote(_train).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    return ray.get(train.remote(picked.to_arrow_refs(), sample, n_clusters, kmeans_iters, seed, use_gpu))
+
+
+# ------------------------------------------------------------------------------ 2. assignment, spilled
+def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (inner product of unit rows) and the cosine to it, row by row."""
+    import faiss
+
     b = len(x)
-    q = np.vstack([x, np.repeat(x[:1], _BLAS_MIN - b, axis=0)]) if 0 < b < _BLAS_MIN else x
-    index = faiss.IndexFlatIP(cent.shape[1])
-    index.add(cent)
-    _, lab = index.search(q, 1) if b else (None, np.zeros((0, 1), np.int64))
+    if b == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    q = np.vstack([x, np.repeat(x[:1], _BLAS_MIN - b, axis=0)]) if b < _BLAS_MIN else x
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    _, lab = index.search(q, 1)
     labels = lab[:b, 0].astype(np.int64)
-    return {**batch, "cluster": labels, "similarity": centroid_similarity(x, cent, labels)}
+    return labels, centroid_similarity(x, centroids, labels)
 
 
-def _cluster_rule(
-    batch: dict[str, np.ndarray], eps: list[float], keep: Keep, variant: Variant, block_size: int
-) -> dict[str, np.ndarray]:
-    """SemDeDup inside one cluster; members ordered by ``idx`` first, as the local pass has them."""
-    order = np.argsort(batch["idx"], kind="stable")
-    idx = batch["idx"][order]
-    x = _matrix(batch["vector"])[order]
-    sim = np.asarray(batch["similarity"], np.float32)[order]
-    prior = np.asarray(batch["prior"], bool)[order] if "prior" in batch else None
-    res = semdedup_clusters(
-        x, np.zeros(len(idx), np.int64), sim, eps, keep, variant, block_size, kept_before=prior
+def write_ipc(table: pa.Table, path: Path) -> None:
+    """One uncompressed Arrow IPC file (memory-mappable), written to a temp name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}.{uuid.uuid4().hex[:8]}")
+    with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table.combine_chunks(), max_chunksize=max(1, table.num_rows))
+    os.replace(tmp, path)
+
+
+def _spill_block(batch: pa.Table, where: str, centroids: Any) -> pa.Table:
+    """Label one batch, sort it by (cluster, idx) and write it as one spill file; return its counts.
+
+    With ``centroids``, each row goes to its nearest centroid (and gets ``similarity``); without, the
+    batch already carries its ``cluster`` (selection: the cluster SemDeDup recorded).
+    """
+    import ray
+
+    if centroids is not None:
+        cent = ray.get(centroids) if isinstance(centroids, ray.ObjectRef) else centroids
+        labels, sim = assign(_as_unit(_matrix(batch["vector"])), cent)
+        batch = batch.append_column("similarity", pa.array(sim, pa.float32()))
+        batch = batch.append_column("cluster", pa.array(labels, pa.int64()))
+    labels = batch["cluster"].to_numpy()
+    order = np.lexsort((batch["idx"].to_numpy(), labels))
+    batch = batch.take(pa.array(order))
+    c, counts = np.unique(labels, return_counts=True)
+    path = Path(where) / f"{uuid.uuid4().hex}.arrow"
+    if batch.num_rows:
+        write_ipc(batch, path)
+    return pa.table(
+        {
+            "file": [str(path) if batch.num_rows else ""],
+            "clusters": pa.array([c.tolist()], pa.list_(pa.int64())),
+            "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
+        }
     )
-    dup = np.where(res.duplicate_of >= 0, idx[np.maximum(res.duplicate_of, 0)], -1)
-    return {
+
+
+def spill_by_cluster(
+    ds: Any,
+    where: str | Path,
+    n_clusters: int,
+    centroids: np.ndarray | None = None,
+    rows_per_file: int = SPILL_ROWS,
+    num_cpus: float = 1,
+) -> tuple[list[str], np.ndarray]:
+    """Write ``ds`` to spill files under ``where``, each sorted by cluster; returns (files, sizes).
+
+    ``centroids``: assign each row to the nearest; ``None``: ``ds`` has a ``cluster`` column already.
+    The driver only streams back one small row per file and sums the (k,) cluster sizes.
+    """
+    import ray
+
+    cref = ray.put(centroids) if centroids is not None else None
+    out = ds.map_batches(
+        _spill_block,
+        fn_kwargs={"where": str(where), "centroids": cref},
+        batch_size=rows_per_file,
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+    )
+    files: list[str] = []
+    sizes = np.zeros(n_clusters, np.int64)
+    for part in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for f, c, m in zip(
+            part["file"].to_pylist(), part["clusters"].to_pylist(), part["counts"].to_pylist()
+        ):
+            if f:
+                files.append(f)
+            np.add.at(sizes, np.asarray(c, np.int64), np.asarray(m, np.int64))
+    return sorted(files), sizes
+
+
+def cluster_groups(sizes: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Consecutive cluster-id ranges ``[c0, c1)`` of at most ``max_rows`` rows (a bigger cluster alone)."""
+    groups: list[tuple[int, int]] = []
+    start, rows = 0, 0
+    for c, s in enumerate(sizes.tolist()):
+        if rows and rows + s > max_rows:
+            groups.append((start, c))
+            start, rows = c, 0
+        rows += s
+    if rows:
+        groups.append((start, len(sizes)))
+    return [(a, b) for a, b in groups if sizes[a:b].sum()]
+
+
+def read_group(files: Sequence[str], c0: int, c1: int) -> pa.Table:
+    """The rows of clusters ``[c0, c1)`` from every spill file, sorted by (cluster, idx)."""
+    parts = []
+    for f in files:
+        with pa.memory_map(f, "r") as src:
+            t = pa.ipc.open_file(src).read_all()
+            cl = t["cluster"].chunk(0).to_numpy() if t.num_rows else np.zeros(0, np.int64)
+            a, b = np.searchsorted(cl, [c0, c1], side="left")
+            if b > a:
+                parts.append(t.slice(int(a), int(b - a)).combine_chunks())  # a copy: the map closes
+    if not parts:
+        return pa.table({})
+    t = pa.concat_tables(parts)
+    order = np.lexsort((t["idx"].to_numpy(), t["cluster"].to_numpy()))
+    return t.take(pa.array(order))
+
+
+# ------------------------------------------------------------------------------ 3. the rule per cluster
+def _spilled_unit(t: pa.Table, ordered: np.ndarray, path: Path, chunk: int) -> np.ndarray:
+    """Unit rows ``ordered`` of ``t["vector"]`` in a ``.npy`` memory map, written chunk by chunk."""
+    vec = t["vector"].combine_chunks()
+    d = vec.type.list_size if isinstance(vec.type, pa.FixedSizeListType) else len(vec[0])
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(ordered), d))
+    for a in range(0, len(ordered), chunk):
+        out[a : a + chunk] = _as_unit(_matrix(vec.take(pa.array(ordered[a : a + chunk]))))
+    out.flush()
+    return np.load(path, mmap_mode="r")
+
+
+def rule_one_cluster(
+    t: pa.Table,
+    eps: list[float],
+    keep: Keep,
+    variant: Variant,
+    block_size: int,
+    spill_dir: Path | None = None,
+    spill_bytes: int = SPILL_BYTES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """SemDeDup inside one cluster whose rows ``t`` are sorted by ``idx``: the same steps as
+    :func:`~.semdedup.semdedup_clusters` for one label. Returns, per row of ``t``: M[j], the row of
+    the earlier member reaching it (-1 for none), and the (rows, eps) removed mask; plus the order."""
+    m = t.num_rows
+    sim = t["similarity"].to_numpy().astype(np.float32, copy=False)
+    prior = t["prior"].to_numpy(zero_copy_only=False).astype(bool) if "prior" in t.column_names else None
+    ordered = _cluster_order(np.arange(m), sim, keep, np.random.default_rng(0))
+    if prior is not None:
+        ordered = ordered[np.argsort(~prior[ordered], kind="stable")]
+    vec = t["vector"]
+    big = spill_dir is not None and m * _matrix(vec.slice(0, 1)).shape[1] * 4 > spill_bytes
+    if big:
+        assert spill_dir is not None
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        xc = _spilled_unit(t, ordered, spill_dir / f"{uuid.uuid4().hex}.npy", block_size)
+    else:
+        xc = _as_unit(_matrix(vec))[ordered]
+    best = np.full(m, -np.inf, np.float32)
+    arg = np.full(m, -1, np.int64)
+    removed = np.zeros((m, len(eps)), bool)
+    protected = prior[ordered] if prior is not None else np.zeros(m, bool)
+    try:
+        if variant == "paper":
+            b, a = _max_earlier(xc, block_size)
+            best[ordered] = b
+            arg[ordered] = np.where(a >= 0, ordered[np.maximum(a, 0)], -1)
+            for i, e in enumerate(eps):
+                removed[ordered, i] = b > 1 - e
+        else:
+            for i, e in enumerate(eps):  # the greedy kept set depends on eps: one pass per eps
+                r, b, a = _greedy(xc, 1 - e, block_size, protected)
+                removed[ordered, i] = r
+                if i == 0:
+                    best[ordered] = b
+                    arg[ordered] = np.where(a >= 0, ordered[np.maximum(a, 0)], -1)
+    finally:
+        if big:
+            fname = getattr(xc, "filename", None)
+            del xc
+            if fname:
+                Path(fname).unlink(missing_ok=True)
+    if prior is not None:
+        removed &= ~prior[:, None]
+    return best, arg, removed, ordered
+
+
+def semdedup_group(
+    t: pa.Table,
+    eps: list[float],
+    keep: Keep,
+    variant: Variant,
+    block_size: int,
+    spill_dir: Path | None = None,
+    spill_bytes: int = SPILL_BYTES,
+) -> pa.Table:
+    """The rule over every cluster of a group (``t`` from :func:`read_group`). One row per input row:
+    ``idx``, ``cluster``, ``similarity``, ``max_similarity``, ``duplicate_of`` (an ``idx`` or -1),
+    ``removed`` (one bool per sorted eps), ``representative`` (the member nearest the centroid,
+    ties by lowest idx: :func:`~.semdedup.representatives`), and ``uid``/``prior`` when present."""
+    cl = t["cluster"].to_numpy()
+    idx = t["idx"].to_numpy()
+    n = len(idx)
+    best = np.full(n, -np.inf, np.float32)
+    dup = np.full(n, -1, np.int64)
+    removed = np.zeros((n, len(eps)), bool)
+    rep = np.zeros(n, bool)
+    bounds = np.r_[0, np.flatnonzero(np.diff(cl)) + 1, n] if n else np.zeros(1, np.int64)
+    sim = t["similarity"].to_numpy()
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        sub = t.slice(a, b - a)
+        bst, arg, rem, _ = rule_one_cluster(sub, eps, keep, variant, block_size, spill_dir, spill_bytes)
+        best[a:b], removed[a:b] = bst, rem
+        dup[a:b] = np.where(arg >= 0, idx[a:b][np.maximum(arg, 0)], -1)
+        rep[a + int(np.lexsort((idx[a:b], -sim[a:b]))[0])] = True
+    cols = {
         "idx": idx,
-        "cluster": np.asarray(batch["cluster"])[order],
+        "cluster": cl,
         "similarity": sim,
-        "max_similarity": res.max_similarity,
-        "duplicate_of": dup.astype(np.int64),
-        "removed": np.stack([res.removed[e] for e in eps], axis=1),
+        "max_similarity": best,
+        "duplicate_of": dup,
+        "removed": pa.FixedSizeListArray.from_arrays(pa.array(removed.ravel()), len(eps)),
+        "representative": rep,
     }
+    for extra in ("uid", "prior"):
+        if extra in t.column_names:
+            cols[extra] = t[extra]
+    return pa.table(cols)
+
+
+def _group_task(
+    files: list[str], c0: int, c1: int, eps: list[float], keep: Keep, variant: Variant, block_size: int,
+    spill_dir: str | None, spill_bytes: int,
+) -> pa.Table:  # fmt: skip
+    t = read_group(files, c0, c1)
+    return semdedup_group(
+        t, eps, keep, variant, block_size, Path(spill_dir) if spill_dir else None, spill_bytes
+    )
+
+
+def map_groups(
+    fn: Any,
+    groups: list[tuple[int, int]],
+    args: tuple,
+    num_cpus: float = 1,
+    window: int | None = None,
+    retries: int = 3,
+) -> Iterator[tuple[tuple[int, int], Any]]:
+    """Run ``fn(c0, c1, *args)`` as one Ray task per group, at most ``window`` in flight; yields
+    ``(group, result)`` as they finish (so the driver holds only the finished ones it is handed).
+    ``retries``: how often Ray reruns a task whose worker died; 0 for a task that commits (a retry
+    after its commit landed would write the group twice; the stage fails and a rerun resumes it)."""
+    import ray
+
+    remote = ray.remote(fn).options(num_cpus=num_cpus, max_retries=retries)
+    window = window or max(2, int(ray.cluster_resources().get("CPU", 1) * 2))
+    pending: dict[Any, tuple[int, int]] = {}
+    todo = list(groups)
+    try:
+        while todo or pending:
+            while todo and len(pending) < window:
+                g = todo.pop(0)
+                pending[remote.remote(g[0], g[1], *args)] = g
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)
+    finally:  # the caller stopped (an error, a kill): no task of ours runs on behind its back
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if pending:
+            ray.wait(list(pending), num_returns=len(pending), timeout=30)
 
 
 def semdedup_ray(
@@ -135,6 +426,7 @@ def semdedup_ray(
     n: int,
     n_clusters: int,
     epsilons: Sequence[float],
+    scratch: str | Path,
     keep: Keep = "hard",
     variant: Variant = "paper",
     block_size: int = 4096,
@@ -144,34 +436,36 @@ def semdedup_ray(
     max_points_per_centroid: int | None = 256,
     num_cpus: float = 1,
     num_gpus: float = 0,
-    num_partitions: int | None = None,
-) -> tuple[Any, np.ndarray]:
-    """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1); returns (result dataset, centroids).
+    spill_bytes: int = SPILL_BYTES,
+    rows_per_file: int = SPILL_ROWS,
+) -> tuple[Iterator[pa.Table], np.ndarray, np.ndarray]:
+    """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1), spilling under ``scratch``.
 
-    The kept sets equal :func:`~.semdedup.spherical_kmeans` + :func:`~.semdedup.semdedup_clusters` on
-    the same vectors in ``idx`` order. The result is lazy: the caller writes or iterates it.
-    ``num_partitions`` of the cluster shuffle defaults to ``min(n_clusters, 200)``.
+    Returns (an iterator of per-group result tables, see :func:`semdedup_group`; the centroids; the
+    cluster sizes). The kept sets equal :func:`~.semdedup.spherical_kmeans` +
+    :func:`~.semdedup.semdedup_clusters` on the same vectors in ``idx`` order.
     """
-    import ray
-
     if keep == "random":
         raise ValueError(
             "keep: random is not supported under Ray (its shuffle spans clusters); use hard or easy"
         )
     eps = _epsilons(epsilons)
-    if n == 0:
-        raise ValueError("semdedup_ray: no vectors")
-    sample = sample_indices(n, n_clusters, seed, max_points_per_centroid)
-    picked = ds.map_batches(_keep_sample, fn_kwargs={"sample": sample}, batch_format="numpy").materialize()
-    train = ray.remote(_train).options(num_cpus=num_cpus, num_gpus=num_gpus)
-    centroids = ray.get(train.remote(picked.to_arrow_refs(), sample, n_clusters, kmeans_iters, seed, use_gpu))
-    cref = ray.put(centroids)
-    assigned = ds.map_batches(_assign, fn_kwargs={"centroids": cref}, batch_format="numpy")
-    out = assigned.groupby(
-        "cluster", num_partitions=num_partitions or max(1, min(n_clusters, 200))
-    ).map_groups(
-        _cluster_rule,
-        fn_kwargs={"eps": eps, "keep": keep, "variant": variant, "block_size": block_size},
-        batch_format="numpy",
+    cent = train_centroids(
+        ds, n, n_clusters, kmeans_iters, seed, use_gpu, max_points_per_centroid, num_cpus, num_gpus
     )
-    return out, centroids
+    root = Path(scratch)
+    files, sizes = spill_by_cluster(
+        ds, root / "assign", len(cent), centroids=cent, rows_per_file=rows_per_file
+    )
+    groups = cluster_groups(sizes, max(int(sizes.max()), block_size))
+    args = (eps, keep, variant, block_size, str(root / "big"), spill_bytes)
+
+    def results() -> Iterator[pa.Table]:
+        for _, t in map_groups(_group_task_args, groups, (files, *args), num_cpus):
+            yield t
+
+    return results(), cent, sizes
+
+
+def _group_task_args(c0: int, c1: int, files: list[str], *args: Any) -> pa.Table:
+    return _group_task(files, c0, c1, *args)

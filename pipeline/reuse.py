@@ -43,7 +43,10 @@ def _complete(m: dict[str, Any], sid: str, ident: str) -> bool:
 
 
 def find_donor(run: RunDir, identities: dict[str, str]) -> Donor | None:
-    """The sibling run dir sharing the longest prefix of complete stages (newest on ties)."""
+    """The sibling run dir sharing the longest prefix of complete stages (newest on ties).
+    Local run dirs only: donors are hard-linked (an object-store run recomputes)."""
+    if not run.is_local:
+        return None
     root = run.path.parent
     if not root.is_dir():
         return None
@@ -91,7 +94,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def reused_lineages(run: RunDir) -> dict[str, list[str]]:
     try:
-        return json.loads((run.path / REUSED).read_text())
+        return json.loads(run.read_text(REUSED))
     except (OSError, ValueError):
         return {}
 

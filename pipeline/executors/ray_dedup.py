@@ -117,7 +117,7 @@ def exact_ray(
 
     files = [str(f) for f in plan.run.shard_files("samples")]
     parts = partitions(n, sp)
-    ds = ray.data.read_parquet(files, columns=list(sp.cls.reads), num_cpus=_IO_CPUS)
+    ds = ray.data.read_parquet(files, columns=list(sp.cls.reads), filesystem=plan.run.fs, num_cpus=_IO_CPUS)
     ds = ds.map_batches(
         _live, fn_kwargs={"live": live_ref, "todo": todo_ref}, batch_format="pyarrow", batch_size=None
     )
@@ -307,7 +307,7 @@ def phash_ray(
     bands = radius + 1
     parts = partitions(n, sp)
     kw = {"batch_format": "pyarrow", "batch_size": None}
-    rows = ray.data.read_parquet(files, columns=list(PHASH.names), num_cpus=_IO_CPUS)
+    rows = ray.data.read_parquet(files, columns=list(PHASH.names), filesystem=plan.run.fs, num_cpus=_IO_CPUS)
     rows = rows.map_batches(
         _phash_rows, fn_kwargs={"live": live_ref, "todo": todo_ref, "bits": cfg.hash_size**2}, **kw
     )
@@ -344,7 +344,9 @@ def phash_ray(
         schema = PHASH.append(pa.field("earlier", pa.bool_())).append(pa.field("bucket", pa.int64()))
         schema = schema.append(pa.field("sig", pa.binary()))
         samples = [str(f) for f in plan.run.shard_files("samples")]
-        thumbs = ray.data.read_parquet(samples, columns=["uid", "image"], num_cpus=_IO_CPUS)
+        thumbs = ray.data.read_parquet(
+            samples, columns=["uid", "image"], filesystem=plan.run.fs, num_cpus=_IO_CPUS
+        )
         thumbs = thumbs.map_batches(_thumbnails, fn_kwargs={"components": comp_ref, "schema": schema}, **kw)
         grouped = grouped.union(thumbs)
     out = grouped.groupby("bucket", num_partitions=parts).map_groups(

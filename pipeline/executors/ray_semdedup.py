@@ -31,8 +31,11 @@ would on a later run. The scratch dir of a batch is removed once its last group 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from contextlib import closing
@@ -66,8 +69,22 @@ def _read_ipc(path: Path) -> pa.Table:
         return pa.ipc.open_file(src).read_all()
 
 
-def _embedding_files(run: RunDir) -> list[str]:
-    return [str(f) for f in run.shard_files("embeddings")]
+def _read_embeddings(run: RunDir) -> Any:
+    """The embeddings shards as a Ray dataset, read by the workers (from the run's filesystem)."""
+    import ray.data
+
+    files = [str(f) for f in run.shard_files("embeddings")]
+    return ray.data.read_parquet(files, filesystem=run.fs).select_columns(["uid", "model", "kind", "vector"])
+
+
+def scratch_root(run: RunDir, stage: str) -> Path:
+    """Where a stage's spill files go: ``_scratch/<stage>`` in a local run dir (which every node sees,
+    docs/ray.md). A run on an object store has no folder: ``$LOUPE_SCRATCH_DIR`` (a shared mount on a
+    multi-node cluster) or the temp dir, under a name fixed by the run's URI, so a rerun finds it."""
+    if run.is_local:
+        return run.path / SCRATCH / stage
+    base = Path(os.environ.get("LOUPE_SCRATCH_DIR") or tempfile.gettempdir())
+    return base / "loupe-scratch" / hashlib.sha256(run.location.encode()).hexdigest()[:16] / stage
 
 
 def ordered_input(
@@ -117,12 +134,12 @@ def _vectors_of(batch: pa.Table, order: Any, model: str) -> pa.Table:
 def vector_dataset(run: RunDir, rows: pa.Table, model: str) -> Any:
     """A Ray dataset of the ordered rows' vectors, read from the embeddings shards by the workers."""
     import ray
-    import ray.data
 
     n_prior = int(pc.sum(rows["prior"].cast(pa.int64())).as_py() or 0)
     order = ray.put((rows["uid"].combine_chunks(), n_prior))
-    ds = ray.data.read_parquet(_embedding_files(run)).select_columns(["uid", "model", "kind", "vector"])
-    return ds.map_batches(_vectors_of, fn_kwargs={"order": order, "model": model}, batch_format="pyarrow")
+    return _read_embeddings(run).map_batches(
+        _vectors_of, fn_kwargs={"order": order, "model": model}, batch_format="pyarrow"
+    )
 
 
 # ---------------------------------------------------------------------------------------- scratch
@@ -134,7 +151,7 @@ class Scratch:
 
     @classmethod
     def inflight(cls, run: RunDir, stage: str) -> list[Scratch]:
-        d = run.path / SCRATCH / stage
+        d = scratch_root(run, stage)
         return [cls(p) for p in sorted(d.iterdir()) if (p / "batch.arrow").exists()] if d.is_dir() else []
 
     def batch(self) -> pa.Table:
@@ -156,7 +173,7 @@ class Scratch:
 
 
 def _start(run: RunDir, stage: str, batch: list[str], earlier: list[str]) -> Scratch:
-    s = Scratch(run.path / SCRATCH / stage / batch_digest(batch))
+    s = Scratch(scratch_root(run, stage) / batch_digest(batch))
     s.remove()  # a dir without batch.arrow is a start that never completed
     t = pa.table(
         {
@@ -300,7 +317,7 @@ def _cluster_offset(run: RunDir, stage_id: str, prefix: str) -> int:
     offset = 0
     for f in run.shard_files("clusters", stage_id):
         if not f.name.startswith(f"{prefix}-"):
-            col = pq.read_table(f, columns=["cluster"])["cluster"]
+            col = pq.read_table(str(f), columns=["cluster"], filesystem=run.fs)["cluster"]
             offset = max(offset, (pc.max(col).as_py() or -1) + 1 if len(col) else 0)
     return offset
 
@@ -555,9 +572,10 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     role = pa.array(r)
     k = int(pc.max(d["cluster"]).as_py()) + 1
     lookup = ray.put((d["uid"].combine_chunks(), d["cluster"].combine_chunks(), role))
-    ds = ray.data.read_parquet(_embedding_files(run)).select_columns(["uid", "model", "kind", "vector"])
-    ds = ds.map_batches(_members, fn_kwargs={"lookup": lookup, "model": model}, batch_format="pyarrow")
-    scratch = run.path / SCRATCH / sp.id
+    ds = _read_embeddings(run).map_batches(
+        _members, fn_kwargs={"lookup": lookup, "model": model}, batch_format="pyarrow"
+    )
+    scratch = scratch_root(run, sp.id)
     shutil.rmtree(scratch, ignore_errors=True)  # a killed run's spill: select keeps no state across runs
     run.update_stage(sp.id, status="running", table=sp.table)
     files, sizes = sr.spill_by_cluster(ds, scratch / "assign", k)

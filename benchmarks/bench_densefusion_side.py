@@ -373,10 +373,10 @@ def recall(labels: dict[str, list[str]], lines: dict[str, list[str]], files: set
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=1000, help="input images (default 1000)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per revision, interleaved")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per revision, interleaved (default 2)")
     ap.add_argument("--old", default=OLD_REV, help="old revision (default: the commit before issue 19)")
     ap.add_argument("--new", default="HEAD", help="new revision (default HEAD)")
-    ap.add_argument("--seed", type=int, default=0, help="input image seed")
+    ap.add_argument("--seed", type=int, default=0, help="input image seed (default 0)")
     ap.add_argument(
         "--epsilon", type=float, default=0.02, help="SemDeDup epsilon (cosine > 0.98: copies, close crops)"
     )
@@ -395,6 +395,7 @@ def main() -> None:
         a.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="loupe-side-", dir=a.workdir))
     trees = {"old": work / "tree-old", "new": work / "tree-new"}
+    print(f"scratch: {work}{' (kept)' if a.keep else ''}")
     try:
         t0 = time.perf_counter()
         labels = make_inputs(work / "images", a.images, a.seed)

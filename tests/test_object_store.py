@@ -349,3 +349,22 @@ def test_ray_workers_write_the_s3_run_dir_directly(tmp_path, demo_images, s3_roo
     assert run.manifest()["executor"] == "ray" and run.manifest()["status"] == "complete"
     assert len(run.storage.read_text("export/conversations.jsonl").splitlines()) == LIVE_DEMO
     assert isinstance(run.fs, pafs.S3FileSystem)
+
+
+def test_fsspec_memory_store_runs_and_resumes(tmp_path, demo_images):
+    """A scheme pyarrow lacks goes through fsspec (``memory://``, in-process): same protocol, same run."""
+    from loupe.pipeline.executors.local import run_local
+    from loupe.pipeline.query import query
+
+    recipe = tmp_path / "mem.yaml"
+    recipe.write_text(
+        f"name: mem\noutput: memory://loupe-{uuid.uuid4().hex[:8]}/runs\nsources:\n"
+        f"  - {{type: local_folder, name: demo, path: {demo_images}}}\nstages:\n  - stage: exact_dedup\n"
+    )
+    plan = make_plan(load_recipe(recipe))
+    first = run_local(plan, quiet=True)
+    assert first["exact_dedup"]["drops"] == 3 and isinstance(plan.run.fs, pafs.PyFileSystem)
+    again = run_local(make_plan(load_recipe(recipe)), quiet=True)
+    assert again["ingest"]["skipped_done"] == 37 and again["exact_dedup"]["noop"]
+    assert query(plan.run, "SELECT count(*) AS n FROM live").column("n").to_pylist() == [LIVE_DEMO]
+    assert all(plan.run.exists(plan.run.rel(f) + MARKER) for f in plan.run.shard_files("samples"))

@@ -9,7 +9,7 @@ from PIL import Image
 from loupe.schemas.train import TowerConfig
 from loupe.train.strategies import build_strategy, strategy_class
 from loupe.train.strategies.base import CLIP_MEAN, clip_pixels, image_token_id, pad_to_square
-from loupe.train.tiny import tiny_model_config, tiny_tokenizer
+from loupe.train.tiny import tiny_geometry, tiny_model_config, tiny_tokenizer
 
 
 @pytest.mark.parametrize("size", [(336, 336), (640, 480), (480, 640), (100, 1000), (2000, 30)])
@@ -20,16 +20,7 @@ def test_576_tokens_at_clip_l14_336_for_any_size(size):
 
 
 def test_other_geometry_follows_the_config():
-    vis = TowerConfig(
-        config=dict(
-            image_size=224,
-            patch_size=16,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        )
-    )
+    vis = TowerConfig(config=tiny_geometry(224, 16, vision_width=32, layers=1)["vision"])
     assert build_strategy(tiny_model_config(vision=vis)).image_token_count(50, 70) == 196
 
 

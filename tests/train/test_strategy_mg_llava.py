@@ -14,7 +14,7 @@ from loupe.train.strategies.mg_llava import (
     mg_llava_pixels,
     mg_llava_token_count,
 )
-from loupe.train.tiny import tiny_model_config, tiny_tokenizer
+from loupe.train.tiny import tiny_geometry, tiny_model_config, tiny_tokenizer
 
 from .strategy_helpers import gradient_image, one_image_batch, one_step
 
@@ -133,16 +133,7 @@ def test_openclip_convnext_folder_as_the_release_loads(tok, tmp_path):
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
     torch.save(clip.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
     # a 224/14 = 16 CLIP grid matches ConvNeXt's stride 32 at 512 px
-    vision = TowerConfig(
-        config=dict(
-            image_size=224,
-            patch_size=14,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        )
-    )
+    vision = TowerConfig(config=tiny_geometry(224, 14, vision_width=32, layers=1)["vision"])
     s = build_strategy(
         tiny_model_config(
             "mg_llava", vision=vision, options={"aux": {"path": str(tmp_path)}, "aux_size": 512}

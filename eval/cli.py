@@ -24,6 +24,7 @@ out = Console()
 DATA_DIRS = {
     "vqav2": ("vqav2",), "textvqa": ("textvqa",), "gqa": ("gqa", "gqa/data"), "pope": ("pope",),
     "mme": ("mme", "MME"), "seed": ("seed", "seed_bench"), "sqa": ("sqa", "scienceqa"), "mmbench": ("mmbench",),
+    "vqa_jsonl": ("heldout.jsonl",),
 }  # fmt: skip
 
 EPILOG = (
@@ -56,7 +57,8 @@ def _task_data(name: str, data: Path, many: bool) -> Path:
 
 def eval_command(
     task: Optional[str] = typer.Option(
-        None, "--task", help="One benchmark: vqav2, textvqa, gqa, pope, mme, seed, sqa, mmbench."
+        None, "--task", help="One benchmark: vqav2, textvqa, gqa, pope, mme, seed, sqa, mmbench; or vqa_jsonl "
+        "(--data a .jsonl of question_id, image, question, answer(s), e.g. loupe pipeline's held-out split)."
     ),
     tasks: Optional[str] = typer.Option(
         None, "--tasks", help="Several benchmarks, comma-separated; --data then holds one folder per task."

@@ -34,9 +34,7 @@ DONE = "done.json"
 TIMING = "timing.json"
 
 
-def train_config(
-    tr: TrainStep, strategy: str, seed: int, data: Path, out: Path, steps: int | None = None
-) -> dict[str, Any]:
+def train_config(tr: TrainStep, strategy: str, seed: int, data: Path, out: Path) -> dict[str, Any]:
     """The ``loupe train`` config (a dict, as the YAML would be) of one run."""
     from loupe.train.tiny import tiny_geometry
 
@@ -61,7 +59,7 @@ def train_config(
             "output_dir": str(out),
             "stage": "custom",
             "trainable": ["*"],  # from scratch: the towers too, not only projector + LLM
-            "max_steps": steps or tr.steps,
+            "max_steps": tr.steps,
             "batch_size": tr.batch_size,
             "lr": tr.lr,
             "warmup_ratio": 0.03,
@@ -126,10 +124,9 @@ def evaluate_checkpoint(model_dir: Path, heldout: Path, ev: EvalStep, out_dir: P
 
 def train_and_evaluate(
     out: Path, tr: TrainStep, ev: EvalStep, strategy: str, seed: int, train: Path, heldout: Path,
-    log: Any = print, steps: int | None = None,
+    log: Any = print,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train (or resume, or skip) one run, score its checkpoints; returns the ``done.json`` record.
-    ``steps``: stop the Trainer there instead of ``tr.steps`` (no completion record; tests)."""
+    """Train (or resume, or skip) one run, score its checkpoints; returns the ``done.json`` record."""
     from loupe.train.config import ConfigError, parse_train_config
     from loupe.train.trainer import run_training
 
@@ -139,7 +136,7 @@ def train_and_evaluate(
     out.mkdir(parents=True, exist_ok=True)
     name = out.name
     try:
-        loaded = parse_train_config(train_config(tr, strategy, seed, train, out, steps), f"train ({name})")
+        loaded = parse_train_config(train_config(tr, strategy, seed, train, out), f"train ({name})")
     except ConfigError as e:
         raise LoupeError(str(e)) from None
     ckpts = _checkpoints(out)
@@ -159,8 +156,6 @@ def train_and_evaluate(
         except ConfigError as e:
             raise LoupeError(str(e)) from None
     train_time = timer.now()
-    if steps is not None and steps < tr.steps:
-        return {"stopped_at": summary["global_step"]}
 
     points = sorted(s for s in _checkpoints(out) if s % tr.eval_every == 0 and s < tr.steps)
     targets = [(s, _checkpoints(out)[s]) for s in points] + [(tr.steps, out)]

@@ -73,6 +73,18 @@ def train_config(tr: TrainStep, strategy: str, seed: int, data: Path, out: Path)
     }
 
 
+def check_configs(tr: TrainStep, root: Path, train: Path) -> None:
+    """Validate every run's ``loupe train`` config before any training starts (a bad
+    ``train.options`` fails at once, naming the field, not in a worker minutes later)."""
+    from loupe.train.config import ConfigError, parse_train_config
+
+    for strategy in tr.strategies:
+        try:
+            parse_train_config(train_config(tr, strategy, tr.seeds[0], train, root), f"train ({strategy})")
+        except ConfigError as e:
+            raise LoupeError(str(e).replace("model.options.", f"train.options.{strategy}.")) from None
+
+
 def _checkpoints(out: Path) -> dict[int, Path]:
     found = {}
     for p in out.glob("checkpoint-*"):

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.loop.jobs import check_configs
 from loupe.pipeline.loop.split import make_split
 from loupe.pipeline.rundir import RunDir, atomic_write_text
 from loupe.schemas.recipe import EvalStep, Recipe, TrainStep
@@ -70,6 +71,7 @@ def run_loop(run: RunDir, recipe: Recipe, log: Callable[[str], None] = print) ->
         "status": "running",
     }
     _record(run, h, entry)
+    check_configs(tr, root, root / "split" / "train.jsonl")
     jobs = []
     # the most expensive strategies first, so parallel workers finish together
     for strategy in sorted(tr.strategies, key=lambda s: -COST.get(s, 1)):

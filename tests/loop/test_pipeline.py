@@ -164,3 +164,43 @@ def test_pipeline_resumes_after_a_kill_during_training(tmp_path):
     assert split["train"] > 0 and split["heldout"] > 0 and split["leaked_copies"] == 0
     page = (run / "report" / "index.html").read_text()
     assert "Training and evaluation" in page and "dragonfly-seed0" in page
+
+
+def test_each_run_is_a_loupe_train_config_built_from_the_recipe(tmp_path):
+    from loupe.pipeline.loop.jobs import train_config
+    from loupe.schemas.recipe import TrainStep
+    from loupe.train.config import ConfigError, parse_train_config
+
+    tr = TrainStep(
+        steps=30,
+        save_every=5,
+        eval_every=10,
+        base_resolution=32,
+        patch=8,
+        options={"dragonfly": {"pool_kernel": 2}},
+    )
+    c = parse_train_config(train_config(tr, "dragonfly", 3, tmp_path / "t.jsonl", tmp_path / "o")).config
+    assert (c.model.strategy, c.model.tokenizer, c.model.options) == ("dragonfly", "tiny", {"pool_kernel": 2})
+    assert c.model.vision.config["image_size"] == 32 and c.model.vision.config["patch_size"] == 8
+    assert c.model.vision.path is None and c.model.llm.path is None  # random init, nothing downloaded
+    assert (c.train.stage, c.train.trainable, c.train.seed, c.train.max_steps, c.train.save_steps) == (
+        "custom",
+        ["*"],
+        3,
+        30,
+        5,
+    )
+    assert c.train.save_total_limit is None  # every checkpoint is a point of the accuracy curve
+    bad = TrainStep(options={"dragonfly": {"zoom": 3}})
+    with pytest.raises(ConfigError, match=r"model\.options\.zoom"):
+        parse_train_config(train_config(bad, "dragonfly", 0, tmp_path / "t.jsonl", tmp_path / "o"))
+    from loupe.pipeline.loop.jobs import check_configs
+
+    with pytest.raises(LoupeError, match=r"train\.options\.dragonfly\.zoom"):  # before any training
+        check_configs(bad, tmp_path, tmp_path / "t.jsonl")
+
+
+def test_eval_every_must_fall_on_checkpoints():
+    raw = {"name": "x", "sources": [{"type": "finedetail"}], "train": {"save_every": 25, "eval_every": 30}}
+    with pytest.raises(LoupeError, match=r"train.*multiple of save_every"):
+        parse_recipe(raw)

@@ -21,9 +21,11 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
 * **semdedup** and **select** (per SemDeDup cluster) run distributed (:mod:`loupe.pipeline.executors.ray_semdedup`):
   k-means on a sample in one task, assignment as a ``map_batches`` that spills vectors by cluster,
   then one task per group of clusters that commits its own rows; no process holds every vector.
-* any other **global stage** (export; select with ``clusters: kmeans`` or ``clip_score``; semdedup
-  with ``keep: random``) runs as one Ray task with the stage's ``num_cpus``/``num_gpus``: the same
-  code as the local executor, on a worker.
+* ``export`` (llama3_jsonl / dragonfly_parquet) builds slices and writes its shard files in parallel
+  tasks, the index last (:mod:`loupe.pipeline.executors.ray_export`).
+* any other **global stage** (export to llava_json / llava_plain_json / mg_llava_boxes; select with
+  ``clusters: kmeans`` or ``clip_score``; semdedup with ``keep: random``) runs as one Ray task with
+  the stage's ``num_cpus``/``num_gpus``: the same code as the local executor, on a worker.
 
 Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's
 rerun skips every committed uid (except for ``rerun_all`` stages such as export, which see every live
@@ -379,11 +381,12 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
 def run_global_stage(plan: Plan, sp: StagePlan, progress: Progress) -> dict:
     import ray
 
-    from loupe.pipeline.executors.ray_dedup import DISTRIBUTED, run_distributed
+    from loupe.pipeline.executors.ray_dedup import distributed_build, run_distributed
     from loupe.pipeline.executors.ray_semdedup import run_vector_stage
 
-    if sp.cls.name in DISTRIBUTED:  # a shuffle over the cluster instead of one task (ray_dedup)
-        return run_distributed(plan, sp, DISTRIBUTED[sp.cls.name], progress)
+    build = distributed_build(sp)
+    if build is not None:  # shuffles / parallel tasks over the cluster instead of one task
+        return run_distributed(plan, sp, build, progress)
 
     res = sp.config.resources
     t0 = time.time()

@@ -365,6 +365,15 @@ Build = Callable[[Plan, StagePlan, Any, Any, int, frozenset], Iterator[pa.Table]
 DISTRIBUTED: dict[str, Build] = {"exact_dedup": exact_ray, "phash_dedup": phash_ray}
 
 
+def distributed_build(sp: StagePlan) -> Build | None:
+    """The Ray Data pipeline of a global stage, or None to run it as one task."""
+    if sp.cls.name == "export":
+        from loupe.pipeline.executors.ray_export import export_ray, parallel
+
+        return export_ray if parallel(sp) else None
+    return DISTRIBUTED.get(sp.cls.name)
+
+
 def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress) -> dict:
     """Run a global stage as ``build``'s Ray Data pipeline; the driver only sums its count rows."""
     import ray
@@ -380,13 +389,23 @@ def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress)
     n = rows = drops = 0
     extra: dict[str, Any] = {}
     if todo:
+        import ray.data
+        from ray.data.context import ShuffleStrategy
+
+        # The sort-based shuffle runs as plain tasks; Ray 2.60's default hash shuffle starts a pool of
+        # aggregator actors per shuffle (~20 s on a 2-CPU node, measured), for groups we already bound.
+        ctx = ray.data.DataContext.get_current()
+        saved, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         live_ref = ray.put(pa.array(sorted(live), pa.string()))
         todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
-        for part in build(plan, sp, live_ref, todo_ref, len(live), baseline):
-            for r in part.to_pylist():
-                n, rows, drops = n + r["n"], rows + r["rows"], drops + r["drops"]
-                merge_metrics(extra, json.loads(r["metrics"]))
-                progress.update(task, advance=r["n"], drops=drops, rate=_rate(n, time.time() - t0))
+        try:
+            for part in build(plan, sp, live_ref, todo_ref, len(live), baseline):
+                for r in part.to_pylist():
+                    n, rows, drops = n + r["n"], rows + r["rows"], drops + r["drops"]
+                    merge_metrics(extra, json.loads(r["metrics"]))
+                    progress.update(task, advance=r["n"], drops=drops, rate=_rate(n, time.time() - t0))
+        finally:
+            ctx.shuffle_strategy = saved
     m = stage_metrics(
         len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
         distributed=True, num_cpus=sp.config.resources.num_cpus, **extra,

@@ -57,6 +57,16 @@ MAGIC = (
     (b"II*\x00", ".tif"),
     (b"MM\x00*", ".tif"),
 )
+#: ``records.parquet``: per exported record
+RECORD_STATS = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("source", pa.string()),
+        ("turns", pa.int32()),
+        ("tokens", pa.int32()),
+        ("caption_words", pa.int32()),
+    ]
+)
 TOKEN = re.compile(r"<\|[a-z_]+\|>|\w+|[^\w\s]")
 
 
@@ -156,7 +166,9 @@ class Export(Stage):
                 paths[uid] = f"{self.config.image_dir}/{name}"
         return paths
 
-    def __call__(self, batch: pa.Table) -> StageOutput:
+    def build(self, batch: pa.Table) -> tuple[list[dict], list[dict], list[dict], Counter, dict]:
+        """Records of ``batch`` in (source, source_id, uid) order, with their images written: (records,
+        drop rows, per-record stats, task counts, rows by uid). Under Ray each task builds one slice."""
         rows = sorted(batch.to_pylist(), key=lambda r: (r["source"] or "", r["source_id"] or "", r["uid"]))
         paths = self._write_images({r["uid"] for r in rows})
         records, drops, per_record = [], [], []
@@ -195,7 +207,11 @@ class Export(Stage):
                 }
             )
             tasks.update(self._tasks_of(r))
-        self._write(records, per_record, tasks, {r["uid"]: r for r in rows})
+        return records, drops, per_record, tasks, {r["uid"]: r for r in rows}
+
+    def __call__(self, batch: pa.Table) -> StageOutput:
+        records, drops, per_record, tasks, rows = self.build(batch)
+        self._write(records, per_record, tasks, rows)
         return StageOutput(drops=drops_table(drops), metrics={"records": len(records)})
 
     @staticmethod
@@ -245,22 +261,15 @@ class Export(Stage):
                 for r in records
             ]
             self.out.write_text("llava.json", json.dumps(llava, ensure_ascii=False, indent=1))
-        table = pa.Table.from_pylist(
-            per_record,
-            schema=pa.schema(
-                [
-                    ("uid", pa.string()),
-                    ("source", pa.string()),
-                    ("turns", pa.int32()),
-                    ("tokens", pa.int32()),
-                    ("caption_words", pa.int32()),
-                ]
-            ),
-        )
+        self.write_stats(pa.Table.from_pylist(per_record, schema=RECORD_STATS), tasks, extra)
+
+    def write_stats(self, per_record: pa.Table, tasks: Counter, extra: dict[str, int]) -> None:
+        """``records.parquet`` and ``stats.json`` from the per-record stats of every record, in order."""
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(per_record, sink)
         self.out.write_bytes("records.parquet", sink.getvalue().to_pybytes())
-        self.out.write_text("stats.json", json.dumps({**self._stats(per_record, tasks), **extra}, indent=2))
+        stats = self._stats(per_record.to_pylist(), tasks)
+        self.out.write_text("stats.json", json.dumps({**stats, **extra}, indent=2))
 
     def _stats(self, per_record: list[dict], tasks: Counter) -> dict:
         toks = np.array([p["tokens"] for p in per_record] or [0])

@@ -86,9 +86,14 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def _key(run: RunDir, p: PurePath) -> str:
-    info = run.fs.get_file_info(str(p))
-    return f"{info.size}:{info.mtime_ns}"
+def _keys(run: RunDir) -> dict[str, str]:
+    """``{relative path: "size:mtime_ns"}`` of every shard, one listing per folder (no stat per shard)."""
+    out = {}
+    for _, d in run.shard_dirs():
+        for name, info in run.storage.stats(d).items():
+            if name.endswith(".parquet"):
+                out[f"{d}/{name}"] = f"{info.size}:{info.mtime_ns}"
+    return out
 
 
 def quarantine(run: RunDir, path: PurePath, reason: str) -> str:
@@ -114,7 +119,8 @@ def _read_verified(run: RunDir) -> dict[str, str]:
 def mark_verified(run: RunDir) -> None:
     """Record every shard as verified (called when a run completes: its writer just wrote them).
     Shards of an interrupted run are not recorded, so the next run reads them end to end."""
-    verified = {run.rel(p): _key(run, p) for _, p in _all_shards(run)}
+    keys = _keys(run)
+    verified = {rel: keys[rel] for rel in (run.rel(p) for _, p in _all_shards(run)) if rel in keys}
     run.write_text(VERIFIED, json.dumps(verified, sort_keys=True))
 
 
@@ -127,14 +133,15 @@ def verify_run(run: RunDir, warn=None) -> list[tuple[str, str]]:
     shards = _all_shards(run)
     if not shards and not verified:
         return []
+    keys = _keys(run)
     bad: dict[PurePath, str] = {}
     for table, p in shards:
         rel = run.rel(p)
-        if verified.get(rel) == _key(run, p):
+        if verified.get(rel) == keys.get(rel):
             continue
         why = check_shard(run, table, p)
         if why is None:
-            verified[rel] = _key(run, p)
+            verified[rel] = keys.get(rel, "")
         else:
             bad[p] = why
     # the other half of a bad batch goes too: same shard id in drops/ and in the table folder

@@ -188,7 +188,7 @@ class RunDir:
         removed = self.storage.cleanup([d for _, d in self.shard_dirs()])
         for f in self.shard_files("drops"):
             partner = (self.read_schema(f).metadata or {}).get(PARTNER_KEY)
-            if partner and not self.storage.exists(partner.decode()):
+            if partner and not self.storage.committed(partner.decode()):
                 self.storage.delete(self.rel(f))
                 removed += 1
         return removed

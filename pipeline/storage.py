@@ -173,15 +173,24 @@ class Storage:
         """Committed shards of a folder ending in ``suffix``, sorted (paths inside :attr:`fs`)."""
         raise NotImplementedError
 
-    def sizes(self, rel_dir: str) -> dict[str, int]:
-        """``{name: size}`` of the plain files of a folder (no temp files, no commit markers)."""
+    def stats(self, rel_dir: str) -> dict[str, pafs.FileInfo]:
+        """``{name: FileInfo}`` of the plain files of a folder (no temp files, no commit markers),
+        from one listing (on an object store one LIST per 1 000 keys, not one HEAD per file)."""
         return {
-            i.base_name: i.size
+            i.base_name: i
             for i in self._listing(rel_dir)
             if i.type == pafs.FileType.File
             and not i.base_name.startswith(TMP_PREFIX)
             and not i.base_name.endswith(MARKER)
         }
+
+    def sizes(self, rel_dir: str) -> dict[str, int]:
+        """``{name: size}`` of the plain files of a folder (no temp files, no commit markers)."""
+        return {name: i.size for name, i in self.stats(rel_dir).items()}
+
+    def committed(self, rel: str) -> bool:
+        """Whether the shard ``rel`` is published (on an object store: its marker exists)."""
+        return self.exists(rel)
 
     # --- writing
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -374,6 +383,9 @@ class ObjectStorage(Storage):
 
     def child(self, rel: str) -> Storage:
         return ObjectStorage(self._uri(f"{self.location}/{rel}"), self.field)
+
+    def committed(self, rel: str) -> bool:
+        return self.exists(rel + MARKER) and self.exists(rel)
 
     def files(self, rel_dir: str, suffix: str = "") -> list[PurePath]:
         listed = [i for i in self._listing(rel_dir) if i.type == pafs.FileType.File]

@@ -393,7 +393,9 @@ FORMATS = ("table", "csv", "json")
 @app.command()
 def query(
     run_dir: str = typer.Argument(
-        ..., help="Run dir (runs/<recipe>/<hash>) or runs/<recipe> for the newest."
+        ...,
+        help="Run dir (runs/<recipe>/<hash>) or runs/<recipe> for the newest; a path or an "
+        "object-store URI (s3://bucket/runs/<recipe>/<hash>).",
     ),
     sql: str = typer.Argument(
         ...,
@@ -470,12 +472,15 @@ def schema(
 @app.command()
 def report(
     run_dir: str = typer.Argument(
-        ..., help="Run dir, runs/<recipe> for the newest, or a `loupe train` output folder."
+        ...,
+        help="Run dir, runs/<recipe> for the newest (a path or an s3://, gs:// URI), or a "
+        "`loupe train` output folder.",
     ),
     output: Optional[Path] = typer.Option(
         None,
-        help="Folder for index.html (default <run>/report). It must be new, empty, or a folder an "
-        "earlier `loupe report` wrote: Loupe never replaces files it did not create.",
+        help="Folder for index.html (default <run>/report, on the object store for an s3:// run). It "
+        "must be new, empty, or a folder an earlier `loupe report` wrote: Loupe never replaces files "
+        "it did not create.",
     ),
     max_samples: int = typer.Option(5000, help="Rows (and thumbnails) in the searchable samples table."),
     compare: Optional[str] = typer.Option(

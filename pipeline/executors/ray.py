@@ -294,18 +294,24 @@ def _pool_size(sp: StagePlan, index: int) -> int:
     return max(size, 1)
 
 
-def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> dict:
-    import ray
-    import ray.data
-
-    run = plan.run
-    t0 = time.time()
+def start_stage(run: RunDir, sp: StagePlan, progress: Progress) -> tuple:
+    """A stage's (live, done, todo uids, baseline shard names, progress task), marked running."""
     live = run.live_uids()
     done = run.done_uids(sp.id, sp.table)
     todo = live if sp.cls.rerun_all else live - done
     baseline = frozenset(f.name for f in run.shard_files(sp.table, sp.id))
     task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
     run.update_stage(sp.id, status="running", table=sp.table)
+    return live, done, todo, baseline, task
+
+
+def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> dict:
+    import ray
+    import ray.data
+
+    run = plan.run
+    t0 = time.time()
+    live, done, todo, baseline, task = start_stage(run, sp, progress)
     res = sp.config.resources
     n = rows = drops = splits = 0
     busy = 0.0

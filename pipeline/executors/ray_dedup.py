@@ -56,6 +56,13 @@ def partitions(n: int, sp: StagePlan) -> int:
     return max(1, min(MAX_PARTITIONS, math.ceil(n / sp.config.batch_size)))
 
 
+def read_columns(plan: Plan, files: list[str], columns: list[str]) -> Any:
+    """A Ray Dataset of ``columns`` of the run's parquet ``files`` (projection pushed into the read)."""
+    import ray.data
+
+    return ray.data.read_parquet(files, filesystem=plan.run.fs, num_cpus=_IO_CPUS).select_columns(columns)
+
+
 def _summary(n: int = 0, rows: int = 0, drops: int = 0, metrics: dict | None = None) -> pa.Table:
     return pa.table(
         {"n": [n], "rows": [rows], "drops": [drops], "metrics": [json.dumps(metrics or {})]}, schema=_SUMMARY
@@ -113,11 +120,10 @@ def _exact_group(batch: pa.Table, plan: Plan, stage_id: str, baseline: frozenset
 def exact_ray(
     plan: Plan, sp: StagePlan, live_ref: Any, todo_ref: Any, n: int, baseline
 ) -> Iterator[pa.Table]:
-    import ray.data
 
     files = [str(f) for f in plan.run.shard_files("samples")]
     parts = partitions(n, sp)
-    ds = ray.data.read_parquet(files, columns=list(sp.cls.reads), filesystem=plan.run.fs, num_cpus=_IO_CPUS)
+    ds = read_columns(plan, files, list(sp.cls.reads))
     ds = ds.map_batches(
         _live, fn_kwargs={"live": live_ref, "todo": todo_ref}, batch_format="pyarrow", batch_size=None
     )
@@ -307,7 +313,7 @@ def phash_ray(
     bands = radius + 1
     parts = partitions(n, sp)
     kw = {"batch_format": "pyarrow", "batch_size": None}
-    rows = ray.data.read_parquet(files, columns=list(PHASH.names), filesystem=plan.run.fs, num_cpus=_IO_CPUS)
+    rows = read_columns(plan, files, list(PHASH.names))
     rows = rows.map_batches(
         _phash_rows, fn_kwargs={"live": live_ref, "todo": todo_ref, "bits": cfg.hash_size**2}, **kw
     )
@@ -344,9 +350,7 @@ def phash_ray(
         schema = PHASH.append(pa.field("earlier", pa.bool_())).append(pa.field("bucket", pa.int64()))
         schema = schema.append(pa.field("sig", pa.binary()))
         samples = [str(f) for f in plan.run.shard_files("samples")]
-        thumbs = ray.data.read_parquet(
-            samples, columns=["uid", "image"], filesystem=plan.run.fs, num_cpus=_IO_CPUS
-        )
+        thumbs = read_columns(plan, samples, ["uid", "image"])
         thumbs = thumbs.map_batches(_thumbnails, fn_kwargs={"components": comp_ref, "schema": schema}, **kw)
         grouped = grouped.union(thumbs)
     out = grouped.groupby("bucket", num_partitions=parts).map_groups(
@@ -378,14 +382,11 @@ def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress)
     """Run a global stage as ``build``'s Ray Data pipeline; the driver only sums its count rows."""
     import ray
 
+    from loupe.pipeline.executors.ray import start_stage
+
     run = plan.run
     t0 = time.time()
-    live = run.live_uids()
-    done = run.done_uids(sp.id, sp.table)
-    todo = live if sp.cls.rerun_all else live - done
-    baseline = frozenset(f.name for f in run.shard_files(sp.table, sp.id))
-    task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
-    run.update_stage(sp.id, status="running", table=sp.table)
+    live, done, todo, baseline, task = start_stage(run, sp, progress)
     n = rows = drops = 0
     extra: dict[str, Any] = {}
     if todo:

@@ -27,7 +27,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from loupe.pipeline.executors.plan import Plan, StagePlan
-from loupe.pipeline.executors.ray_dedup import _IO_CPUS, _commit_once, _live, _stage_of, _summary
+from loupe.pipeline.executors.ray_dedup import (
+    _IO_CPUS,
+    _commit_once,
+    _live,
+    _stage_of,
+    _summary,
+    read_columns,
+)
 from loupe.pipeline.stage import StageOutput
 from loupe.pipeline.storage import Storage
 from loupe.schemas.conversation import CONVERSATIONS, CONVERSATIONS_INDEX, shard_name
@@ -135,9 +142,7 @@ def export_ray(
     out = plan.run.storage.child("export")
     out.delete_dir(PARTS)  # a killed export's slices are rebuilt
     files = [str(f) for f in plan.run.shard_files("samples")]
-    ds = ray.data.read_parquet(
-        files, columns=["uid", "source", "source_id"], filesystem=plan.run.fs, num_cpus=_IO_CPUS
-    )
+    ds = read_columns(plan, files, ["uid", "source", "source_id"])
     ds = ds.map_batches(
         _keyed, fn_kwargs={"live": live_ref, "todo": todo_ref}, batch_format="pyarrow", batch_size=None
     )

@@ -37,7 +37,7 @@ from loupe.schemas.recipe import ExactDedupConfig, PhashDedupConfig
 from .fixtures import photo, write_planted
 
 STAGES = """
-  - {stage: exact_dedup, batch_size: 4}
+  - {stage: exact_dedup, batch_size: 2}
   - {stage: phash_dedup, batch_size: 4, max_distances: [0, 10]}
   - {stage: caption, min_words: 3}
   - {stage: export, formats: [llama3_jsonl, dragonfly_parquet], shard_size: 5, dragonfly_rows_per_file: 7}
@@ -231,6 +231,8 @@ def test_ray_gives_the_local_rows_and_a_killed_driver_resumes_exactly(inputs, tm
             committed_before = len(stage_shards("dedup", "phash_dedup")) if sid == "phash_dedup" else None
             _kill_driver_when(inputs["recipe"], out, address, ready)
             assert _status(run, sid) == "running", f"the driver was not killed during {sid}"
+            table = {"exact_dedup": "dedup", "phash_dedup": "dedup", "phash": "phash"}.get(sid)
+            print(f"killed during {sid}: {len(run.done_uids(sid, table))} uids committed")  # noqa: T201
             if committed_before is not None:
                 assert len(stage_shards("dedup", "phash_dedup")) == committed_before == 0
         m = run_ray(make_plan(load_recipe(inputs["recipe"]), str(out)), quiet=True)

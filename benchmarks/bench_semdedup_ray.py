@@ -86,9 +86,11 @@ def one(n: int, cluster_size: int, iters: int, cpus: int, scratch: str | None) -
     k = max(1, n // cluster_size)
     ds = ray.data.range(n, override_num_blocks=max(1, n // BLOCK)).map_batches(_gen, batch_format="numpy")
     rows = removed = 0
+    tasks: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="semray", dir=scratch) as where:
         out, _, sizes = semdedup_ray(ds, n, k, [0.05], where, kmeans_iters=iters, seed=1234, use_gpu="auto")
         for b in out:
+            tasks.append(json.loads(b.schema.metadata[b"loupe.task"]))
             rows += b.num_rows
             removed += int(np.asarray(b["removed"].to_pylist())[:, 0].sum())
         spill_mb = sum(f.stat().st_size for f in Path(where).rglob("*.arrow")) / 2**20
@@ -105,6 +107,9 @@ def one(n: int, cluster_size: int, iters: int, cpus: int, scratch: str | None) -
         "largest_cluster_mb": round(largest * D * 4 / 2**20, 1),
         "spill_mb": round(spill_mb, 1),
         "seconds": round(time.time() - t0, 1),
+        "group_tasks": len(tasks),
+        "largest_group_task_rows": max(t["rows"] for t in tasks),
+        "largest_group_task_peak_rss_mb": max(t["peak_rss_mb"] for t in tasks),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "largest_worker_peak_rss_mb": round(max(peaks.values(), default=0) / 2**20, 1),
         "largest_worker_peak_uss_mb": round(max(uss.values(), default=0) / 2**20, 1),

@@ -17,6 +17,7 @@ from loupe.pipeline.executors.local import run_local
 from loupe.pipeline.executors.plan import Plan, make_plan
 from loupe.pipeline.recipe import load_recipe
 from loupe.pipeline.rundir import RunDir
+from loupe.pipeline.stages.dedup import semdedup_ray
 from loupe.schemas.tables import EMBEDDINGS, SAMPLES
 
 N = 700  # synthetic samples with a vector, + 1 real image ingested without one
@@ -109,6 +110,7 @@ def test_distributed_semdedup_and_select_equal_local_and_survive_kills(tmp_path,
     assert lm["select"]["cluster_source"] == "semdedup" and lm["select"]["drops"] > 0
 
     out = tmp_path / "ray"
+    monkeypatch.setattr(semdedup_ray, "GROUP_ROWS", 250)  # ~3 groups per stage: several tasks
     with private_ray(__name__):
         # 1: killed after the second cluster group's result landed, before anything was committed
         _kill_at(monkeypatch, "semdedup", "group_computed", 2)
@@ -137,5 +139,8 @@ def test_distributed_semdedup_and_select_equal_local_and_survive_kills(tmp_path,
         assert _rows(run, table) == _rows(local.run, table), table
     rm = run.manifest()["stages"]
     assert rm["select"]["executor"] == "ray" and rm["select"]["cluster_tasks"] >= 2
+    assert (
+        0 < rm["select"]["largest_task_peak_rss_mb"] < 2000 and rm["semdedup"]["largest_task_peak_rss_mb"] > 0
+    )
     assert rm["semdedup"]["status"] == rm["select"]["status"] == "complete"
     assert not (run.path / "_scratch" / "select").exists()

@@ -246,6 +246,8 @@ def _semdedup_group(c0: int, c1: int, files: list[str], root: str, eps: list[flo
     uniq, sizes = np.unique(cl, return_counts=True)
     reps = dict(zip(cl[rep].tolist(), pc.filter(uid, pa.array(rep)).to_pylist()))
     summary = {
+        "rows": t.num_rows,
+        "peak_rss_mb": sr.peak_rss_mb(),
         "kept_all": (~removed).sum(axis=0).tolist(),
         "kept_new": (~removed[~prior]).sum(axis=0).tolist(),
         "clusters": [[int(c), int(m), reps[int(c)]] for c, m in zip(uniq.tolist(), sizes.tolist())],
@@ -345,7 +347,7 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
     cent = _centroids(s, ds, n, cfg, sp)
     t1 = time.time()
     files, sizes = _spill(s, ds, len(cent), sp.id, centroids=cent)
-    groups = sr.cluster_groups(sizes, max(int(sizes.max()), cfg.block_size))
+    groups = sr.cluster_groups(sizes, sr.group_rows(sizes, cfg.block_size))
     opts = {
         "keep": cfg.keep,
         "variant": cfg.variant,
@@ -382,7 +384,7 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
     done_ref = ray.put(pa.array(sorted(done & set(batch)), pa.string()))
     args = (str(s.root), run, sp.id, sp.cls.name, eps_all.index(eps), eps, offset, done_ref)
     n_rows = n_drops = 0
-    with closing(sr.map_groups(_commit_group, groups, args, 0.25, retries=0)) as it:
+    with closing(sr.map_groups(_commit_group, groups, args, 0.25, retries=0, fresh=False)) as it:
         for _, (r, d) in it:
             n_rows, n_drops = n_rows + r, n_drops + d
             checkpoint("group_committed", stage=sp.id)
@@ -403,6 +405,8 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
         "semdedup_seconds": round(t2 - t1, 3),
         "cluster_tasks": len(groups),
         "largest_cluster": int(sizes.max()),
+        "largest_task_rows": max(x["rows"] for x in summaries),
+        "largest_task_peak_rss_mb": max(x["peak_rss_mb"] for x in summaries),
     }
 
 
@@ -483,7 +487,7 @@ def _select_group(
     c0: int, c1: int, files: list[str], run: RunDir, stage_id: str, stage_name: str, cfg: dict
 ) -> tuple[int, int, int]:
     """Centroids and quota of clusters [c0, c1) (as :meth:`Select._semdedup_clusters` and
-    :func:`select_per_cluster`), committed by this task. Returns (rows, drops, selected)."""
+    :func:`select_per_cluster`), committed by this task. Returns (rows, drops, selected, peak RSS MB)."""
     from loupe.pipeline.stages.select import select_per_cluster
 
     t = sr.read_group(files, c0, c1)  # sorted by (cluster, uid rank): the local sum order
@@ -502,7 +506,7 @@ def _select_group(
     keep = select_per_cluster(cl[rows], score, uids, cfg["per_cluster"], prior)
     j = np.flatnonzero(~prior)  # rows are written for this run's samples only
     if not len(j):
-        return 0, 0, 0
+        return 0, 0, 0, sr.peak_rss_mb()
     out = pa.Table.from_arrays(
         [
             pa.array([uids[i] for i in j], pa.string()),
@@ -527,7 +531,7 @@ def _select_group(
         ]
     )
     run.commit(stage_id, "dedup", out, drops, [uids[i] for i in j])
-    return out.num_rows, drops.num_rows, int(keep[j].sum())
+    return out.num_rows, drops.num_rows, int(keep[j].sum()), sr.peak_rss_mb()
 
 
 def run_select(plan: Plan, sp: StagePlan) -> dict | None:
@@ -580,15 +584,16 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     run.update_stage(sp.id, status="running", table=sp.table)
     files, sizes = sr.spill_by_cluster(ds, scratch / "assign", k)
     checkpoint("assigned", stage=sp.id)
-    groups = sr.cluster_groups(sizes, max(int(sizes.max()), 1))
+    groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
     opts = {"score": cfg.score, "per_cluster": cfg.per_cluster}
     args = (files, run, sp.id, sp.cls.name, opts)
     n_rows = n_drops = selected = 0
+    peak = 0.0
     with closing(
         sr.map_groups(_select_group, groups, args, sp.config.resources.num_cpus or 1, retries=0)
     ) as it:
-        for _, (a, b, c) in it:
-            n_rows, n_drops, selected = n_rows + a, n_drops + b, selected + c
+        for _, (a, b, c, rss) in it:
+            n_rows, n_drops, selected, peak = n_rows + a, n_drops + b, selected + c, max(peak, rss)
             checkpoint("group_committed", stage=sp.id)
     have = set(rows["uid"].to_pylist())
     missing = [u for u in batch if u not in have]
@@ -605,7 +610,7 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
         len(todo), n_rows, n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=selected, clusters=int((sizes > 0).sum()),
         cluster_source="semdedup", compared_with_earlier=len(earlier), embedding_model=model,
-        cluster_tasks=len(groups), largest_cluster=int(sizes.max()),
+        cluster_tasks=len(groups), largest_cluster=int(sizes.max()), largest_task_peak_rss_mb=peak,
     )  # fmt: skip
     run.update_stage(sp.id, status="complete", **m)
     return m

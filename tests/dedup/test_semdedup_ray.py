@@ -63,6 +63,7 @@ def ray_results(planted, tmp_path_factory):
                 use_gpu="no",
                 spill_bytes=200 * 64 * 4 if keep == "easy" else 1 << 30,  # "easy": big clusters memory-mapped
                 rows_per_file=400,
+                min_group_rows=700,  # ~3 groups of clusters: several tasks
             )
             out[keep] = (pa.concat_tables(list(res)), cent, sizes)
     return out

@@ -17,16 +17,18 @@ which travel with the vector. Three steps:
    uncompressed Arrow IPC file under a scratch dir. It returns only per-cluster counts.
 3. **The within-cluster rule** (:func:`semdedup_group`, ARCHITECTURE.md's definition: ``M[j]`` over
    all earlier members) as a parallel map over **groups of consecutive cluster ids**, packed so a
-   group holds at most as many rows as the largest cluster. A group task memory-maps every spill
-   file, binary-searches its cluster range in the sorted ``cluster`` column and copies only those
-   rows, so it reads exactly its clusters and nothing else.
+   group holds at most ``max(largest cluster, GROUP_ROWS)`` rows (:func:`group_rows`). A group task
+   memory-maps every spill file, binary-searches its cluster range in the sorted ``cluster`` column
+   and copies only those rows, so it reads exactly its clusters and nothing else. Each task runs in a
+   fresh worker process (``max_calls=1``): its memory goes back to the OS when it ends, and its peak
+   RSS (reported with its result) is its own, not an earlier task's leftovers.
 
 Why not ``groupby("cluster").map_groups`` (the first version of this module): measured with
 ``benchmarks/bench_semdedup_ray.py`` the largest worker's private memory grew with N (1.2 GB at
 62.5k vectors, 4.3 GB at 250k) and the process holding it was Ray Data's hash-shuffle aggregator
 actor, which keeps its whole partition (N / ``num_partitions`` rows, every cluster hashed to it)
 until it finalises. More partitions only divide that by a constant. The spill files instead make
-the bound structural: a group task holds at most ``max(largest cluster, block_size)`` rows, whatever N.
+the bound structural: a group task holds at most ``max(largest cluster, GROUP_ROWS)`` rows, whatever N.
 They also give the issue's "spill a cluster too large for memory to blocks" for free: a cluster past
 ``spill_bytes`` is copied, in order, to a ``.npy`` memory map and compared block by block
 (:func:`~.semdedup._max_earlier` only slices ``block_size`` rows at a time), so its task holds
@@ -42,6 +44,7 @@ reproduce.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -70,6 +73,16 @@ _BLAS_MIN = 20
 SPILL_ROWS = 20_000
 #: a cluster whose vectors pass this many bytes is compared from a memory-mapped file, block by block
 SPILL_BYTES = 1 << 30
+#: a group task gets at least this many rows (more when the largest cluster is bigger): each task
+#: runs in a fresh worker process (``max_calls=1``), whose start this amortises
+GROUP_ROWS = 16_384
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (MB): a task's own peak in a one-task (``max_calls=1``) worker."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def sample_indices(n: int, k: int, seed: int, max_points_per_centroid: int | None) -> np.ndarray:
@@ -251,6 +264,12 @@ def cluster_groups(sizes: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in groups if sizes[a:b].sum()]
 
 
+def group_rows(sizes: np.ndarray, block_size: int = 0, minimum: int | None = None) -> int:
+    """Most rows of a group task: the largest cluster, and at least ``minimum`` (default
+    :data:`GROUP_ROWS`) and ``block_size``."""
+    return max(int(sizes.max()) if len(sizes) else 0, GROUP_ROWS if minimum is None else minimum, block_size)
+
+
 def read_group(files: Sequence[str], c0: int, c1: int) -> pa.Table:
     """The rows of clusters ``[c0, c1)`` from every spill file, sorted by (cluster, idx)."""
     parts = []
@@ -382,10 +401,11 @@ def _group_task(
     files: list[str], c0: int, c1: int, eps: list[float], keep: Keep, variant: Variant, block_size: int,
     spill_dir: str | None, spill_bytes: int,
 ) -> pa.Table:  # fmt: skip
+    """One group's results; the schema metadata carries the task's rows and peak RSS (``loupe.task``)."""
     t = read_group(files, c0, c1)
-    return semdedup_group(
-        t, eps, keep, variant, block_size, Path(spill_dir) if spill_dir else None, spill_bytes
-    )
+    r = semdedup_group(t, eps, keep, variant, block_size, Path(spill_dir) if spill_dir else None, spill_bytes)
+    task = {"rows": t.num_rows, "peak_rss_mb": peak_rss_mb()}
+    return r.replace_schema_metadata({b"loupe.task": json.dumps(task).encode()})
 
 
 def map_groups(
@@ -395,14 +415,17 @@ def map_groups(
     num_cpus: float = 1,
     window: int | None = None,
     retries: int = 3,
+    fresh: bool = True,
 ) -> Iterator[tuple[tuple[int, int], Any]]:
     """Run ``fn(c0, c1, *args)`` as one Ray task per group, at most ``window`` in flight; yields
     ``(group, result)`` as they finish (so the driver holds only the finished ones it is handed).
     ``retries``: how often Ray reruns a task whose worker died; 0 for a task that commits (a retry
-    after its commit landed would write the group twice; the stage fails and a rerun resumes it)."""
+    after its commit landed would write the group twice; the stage fails and a rerun resumes it).
+    ``fresh``: each task in a new worker process (``max_calls=1``), so a big cluster's memory goes
+    back to the OS with its task and :func:`peak_rss_mb` is that task's own peak."""
     import ray
 
-    remote = ray.remote(fn).options(num_cpus=num_cpus, max_retries=retries)
+    remote = ray.remote(max_calls=1 if fresh else 0)(fn).options(num_cpus=num_cpus, max_retries=retries)
     window = window or max(2, int(ray.cluster_resources().get("CPU", 1) * 2))
     pending: dict[Any, tuple[int, int]] = {}
     todo = list(groups)
@@ -438,6 +461,7 @@ def semdedup_ray(
     num_gpus: float = 0,
     spill_bytes: int = SPILL_BYTES,
     rows_per_file: int = SPILL_ROWS,
+    min_group_rows: int | None = None,
 ) -> tuple[Iterator[pa.Table], np.ndarray, np.ndarray]:
     """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1), spilling under ``scratch``.
 
@@ -457,7 +481,7 @@ def semdedup_ray(
     files, sizes = spill_by_cluster(
         ds, root / "assign", len(cent), centroids=cent, rows_per_file=rows_per_file
     )
-    groups = cluster_groups(sizes, max(int(sizes.max()), block_size))
+    groups = cluster_groups(sizes, group_rows(sizes, block_size, min_group_rows))
     args = (eps, keep, variant, block_size, str(root / "big"), spill_bytes)
 
     def results() -> Iterator[pa.Table]:

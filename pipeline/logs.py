@@ -68,13 +68,15 @@ def run_log_path(run) -> Path:
 
 
 def keep_run_log(run) -> None:
-    """Put the local run.log of an object-store run into the run dir (best effort: a log is no result)."""
+    """Put the local run.log of an object-store run into the run dir. Best effort and silent: a log is
+    no result, the local copy stays, and a store that refused it has already failed the run with its
+    own one-line error."""
     if run.is_local:
         return
     try:
         run.write_bytes("run.log", (run_log_path(run) / "run.log").read_bytes())
-    except Exception as e:  # noqa: BLE001
-        LOG.warning("could not copy run.log to %s: %s", run.location, e)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def open_run_log(run_path: Path) -> list[logging.Handler]:

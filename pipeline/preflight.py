@@ -28,7 +28,7 @@ from typing import Any
 
 from loupe.pipeline.recipe import LoadedRecipe, stage_ids
 
-URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as loupe.pipeline.remote.is_uri, without pyarrow
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # as loupe.pipeline.storage.is_uri, without pyarrow
 EVIDENCE_OF_PLACEHOLDER = {
     "ocr_lines": "ocr",
     "ocr_items": "ocr",

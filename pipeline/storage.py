@@ -9,7 +9,9 @@ sees a shard only once it is complete*:
 * :class:`ObjectStorage` (``s3://``, ``gs://``, ``hdfs://``, ``memory://``, ... through ``pyarrow.fs``,
   fsspec for schemes pyarrow lacks): object stores have no rename, so a shard is written straight to
   its final key and then **committed by a marker object** ``<key>.commit`` (size, sha256, stage,
-  lineage), as DataTrove commits a task with a completion file. Listings return only shards whose
+  lineage), as DataTrove commits a task with a completion file (``src/datatrove/executor/base.py``,
+  ``mark_rank_as_completed``: an empty ``completions/<rank>`` written after the task's output; here
+  one marker per shard, so resume stays keyed to shards, not ranks). Listings return only shards whose
   marker exists; a shard without one (a worker killed mid-upload, or between the two PUTs) is ignored
   and deleted by :meth:`Storage.cleanup` when the next run opens. Small mutable files (manifest,
   lease, export files) are one PUT each, which S3 and GCS publish atomically (a killed multipart

@@ -259,8 +259,9 @@ def test_ray_executor_in_process_matches_local_with_two_actors(tmp_path, demo_im
     assert hungry["executor"] == "ray" and hungry[OOM_SPLITS] >= 4
     assert hungry["rows_in"] == LIVE_DEMO and hungry["rows_out"] == LIVE_DEMO - 2 and hungry["seconds"] > 0
     dedup = m["stages"]["exact_dedup"]
-    assert dedup["drops"] == 3 and dedup["executor"] == "ray"
-    assert 0 <= dedup["task_seconds"] <= dedup["seconds"]  # the driver's wall includes scheduling the task
+    assert dedup["drops"] == 3 and dedup["executor"] == "ray" and dedup["distributed"]  # a sha256 shuffle
+    census = m["stages"]["census"]  # a global stage run as one task
+    assert 0 <= census["task_seconds"] <= census["seconds"]  # the driver's wall includes scheduling the task
 
     for sid in ("census", "row_census"):  # per-batch counts add up in both executors
         assert m["stages"][sid]["seen"] == local.run.manifest()["stages"][sid]["seen"] == LIVE_DEMO - 2

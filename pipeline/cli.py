@@ -270,10 +270,12 @@ def pipeline(
     report_too: bool = typer.Option(True, "--report/--no-report", help="Write the HTML report at the end."),
 ) -> None:
     """Curate -> train -> evaluate in one command: `loupe run`, then split the export into training
-    records and held-out images by uid, train one model per strategy and seed of the recipe's `train`
-    section, score each on the held-out images (`eval`), plot accuracy vs steps and record it all in
-    manifest.json and the report. Rerunning resumes: curation skips finished shards, finished training
-    runs are skipped and an interrupted one continues from its last checkpoint.
+    records and held-out images by uid, train one tiny random-init model per strategy and seed of the
+    recipe's `train` section with the bundled trainer (`loupe train`), score its checkpoints on the
+    held-out images with the bundled evaluator (`loupe eval`, task vqa_jsonl, VQA accuracy), plot
+    accuracy vs steps and record it all (checkpoints, scores, CPU seconds) in manifest.json and the
+    report. Rerunning resumes: curation skips finished shards, finished training runs are skipped and
+    an interrupted one continues from its last Trainer checkpoint.
 
     Example:  loupe pipeline recipes/finedetail.yaml   (docs/replication.md)
     """

@@ -227,9 +227,10 @@ def _semdedup_group(c0: int, c1: int, files: list[str], root: str, eps: list[flo
     out = _result_path(root, (c0, c1))
     if out.exists():
         return _summary_of(out)
-    t = sr.read_group(files, c0, c1)
+    sr.reset_peak_rss()
+    t, order = sr.read_group(files, c0, c1)
     r = sr.semdedup_group(
-        t, eps, cfg["keep"], cfg["variant"], cfg["block_size"], Path(root) / "big", cfg["spill_bytes"]
+        t, eps, cfg["keep"], cfg["variant"], cfg["block_size"], Path(root) / "big", cfg["spill_bytes"], order
     )
     idx = r["idx"].to_numpy()
     uid = r["uid"]
@@ -490,7 +491,9 @@ def _select_group(
     :func:`select_per_cluster`), committed by this task. Returns (rows, drops, selected, peak RSS MB)."""
     from loupe.pipeline.stages.select import select_per_cluster
 
-    t = sr.read_group(files, c0, c1)  # sorted by (cluster, uid rank): the local sum order
+    sr.reset_peak_rss()
+    t, order = sr.read_group(files, c0, c1)
+    t = t.take(pa.array(order))  # sorted by (cluster, uid rank): the local sum order
     cl = t["cluster"].to_numpy()
     role = t["role"].to_numpy()
     x = sr._matrix(t["vector"])

@@ -125,11 +125,13 @@ def test_random_order_refused(tmp_path):
         semdedup_ray(None, 10, 2, EPS, tmp_path, keep="random")
 
 
+@pytest.mark.parametrize("view", [False, True])
 @pytest.mark.parametrize("variant", ["paper", "greedy"])
 @pytest.mark.parametrize("spill_bytes", [1 << 30, 0])  # 0: every cluster compared from a memory map
-def test_group_rule_equals_local_pass(planted, tmp_path, variant, spill_bytes):
-    """semdedup_group on clusters as the group tasks read them (sorted by cluster, then idx), with a
-    third of the rows kept by an earlier run, equals semdedup_clusters on the whole input."""
+def test_group_rule_equals_local_pass(planted, tmp_path, variant, spill_bytes, view):
+    """semdedup_group on clusters as the group tasks read them (sorted by cluster, then idx; or, with
+    ``view``, unsorted rows plus their order, as read_group returns them), with a third of the rows
+    kept by an earlier run, equals semdedup_clusters on the whole input."""
     x = planted
     km = spherical_kmeans(x, K, 5, 5, "no", 256)
     prior = np.random.default_rng(1).random(len(x)) < 0.3
@@ -145,7 +147,11 @@ def test_group_rule_equals_local_pass(planted, tmp_path, variant, spill_bytes):
             "prior": prior[order],
         }
     )
-    r = semdedup_group(t, EPS, "hard", variant, 48, tmp_path / "big", spill_bytes)
+    order = None
+    if view:
+        perm = np.random.default_rng(2).permutation(len(x))
+        t, order = t.take(pa.array(perm)), np.argsort(perm)
+    r = semdedup_group(t, EPS, "hard", variant, 48, tmp_path / "big", spill_bytes, order)
     got = _by_idx(r, len(x))
     for e in EPS:
         assert np.array_equal(got[e], local.removed[e]), e

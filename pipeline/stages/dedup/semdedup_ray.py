@@ -20,8 +20,8 @@ which travel with the vector. Three steps:
    group holds at most ``max(largest cluster, GROUP_ROWS)`` rows (:func:`group_rows`). A group task
    memory-maps every spill file, binary-searches its cluster range in the sorted ``cluster`` column
    and copies only those rows, so it reads exactly its clusters and nothing else. Each task runs in a
-   fresh worker process (``max_calls=1``): its memory goes back to the OS when it ends, and its peak
-   RSS (reported with its result) is its own, not an earlier task's leftovers.
+   fresh worker process (``max_calls=1`` and a runtime env of its own): its memory goes back to the OS
+   when it ends, and its peak RSS (``VmHWM``, reported with its result) is its own.
 
 Why not ``groupby("cluster").map_groups`` (the first version of this module): measured with
 ``benchmarks/bench_semdedup_ray.py`` the largest worker's private memory grew with N (1.2 GB at
@@ -78,8 +78,23 @@ SPILL_BYTES = 1 << 30
 GROUP_ROWS = 16_384
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak-RSS count afresh (Linux ``clear_refs`` 5 resets ``VmHWM``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident set (MB): a task's own peak in a one-task (``max_calls=1``) worker."""
+    """This process's peak resident set (MB) since :func:`reset_peak_rss` (``VmHWM``; ``ru_maxrss``
+    off Linux): at the start of a group task, so a task's figure is its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -270,8 +285,12 @@ def group_rows(sizes: np.ndarray, block_size: int = 0, minimum: int | None = Non
     return max(int(sizes.max()) if len(sizes) else 0, GROUP_ROWS if minimum is None else minimum, block_size)
 
 
-def read_group(files: Sequence[str], c0: int, c1: int) -> pa.Table:
-    """The rows of clusters ``[c0, c1)`` from every spill file, sorted by (cluster, idx)."""
+def read_group(files: Sequence[str], c0: int, c1: int) -> tuple[pa.Table, np.ndarray]:
+    """The rows of clusters ``[c0, c1)`` from every spill file, and their order by (cluster, idx).
+
+    The rows are zero-copy slices of the memory-mapped files (Arrow keeps a map alive while a
+    buffer of it is referenced): a row's vector is read from disk only when a task takes it.
+    """
     parts = []
     for f in files:
         with pa.memory_map(f, "r") as src:
@@ -279,19 +298,18 @@ def read_group(files: Sequence[str], c0: int, c1: int) -> pa.Table:
             cl = t["cluster"].chunk(0).to_numpy() if t.num_rows else np.zeros(0, np.int64)
             a, b = np.searchsorted(cl, [c0, c1], side="left")
             if b > a:
-                parts.append(t.slice(int(a), int(b - a)).combine_chunks())  # a copy: the map closes
+                parts.append(t.slice(int(a), int(b - a)))
     if not parts:
-        return pa.table({})
+        return pa.table({}), np.zeros(0, np.int64)
     t = pa.concat_tables(parts)
-    order = np.lexsort((t["idx"].to_numpy(), t["cluster"].to_numpy()))
-    return t.take(pa.array(order))
+    return t, np.lexsort((t["idx"].to_numpy(), t["cluster"].to_numpy()))
 
 
 # ------------------------------------------------------------------------------ 3. the rule per cluster
-def _spilled_unit(t: pa.Table, ordered: np.ndarray, path: Path, chunk: int) -> np.ndarray:
-    """Unit rows ``ordered`` of ``t["vector"]`` in a ``.npy`` memory map, written chunk by chunk."""
-    vec = t["vector"].combine_chunks()
-    d = vec.type.list_size if isinstance(vec.type, pa.FixedSizeListType) else len(vec[0])
+def _spilled_unit(vec: Any, ordered: np.ndarray, path: Path, chunk: int) -> np.ndarray:
+    """Unit rows ``ordered`` of the vector column ``vec`` in a ``.npy`` memory map, chunk by chunk
+    (the column may be a view of the spill files: only ``chunk`` rows are in memory at a time)."""
+    d = _matrix(vec.take(pa.array(ordered[:1]))).shape[1]
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(ordered), d))
     for a in range(0, len(ordered), chunk):
         out[a : a + chunk] = _as_unit(_matrix(vec.take(pa.array(ordered[a : a + chunk]))))
@@ -307,24 +325,27 @@ def rule_one_cluster(
     block_size: int,
     spill_dir: Path | None = None,
     spill_bytes: int = SPILL_BYTES,
+    vectors: tuple[Any, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """SemDeDup inside one cluster whose rows ``t`` are sorted by ``idx``: the same steps as
     :func:`~.semdedup.semdedup_clusters` for one label. Returns, per row of ``t``: M[j], the row of
-    the earlier member reaching it (-1 for none), and the (rows, eps) removed mask; plus the order."""
+    the earlier member reaching it (-1 for none), and the (rows, eps) removed mask; plus the order.
+    ``vectors``: ``(column, rows)`` when ``t`` has no ``vector`` column, its rows' vectors being
+    ``column.take(rows)`` (a view of the spill files: a big cluster is never materialised whole)."""
     m = t.num_rows
     sim = t["similarity"].to_numpy().astype(np.float32, copy=False)
     prior = t["prior"].to_numpy(zero_copy_only=False).astype(bool) if "prior" in t.column_names else None
     ordered = _cluster_order(np.arange(m), sim, keep, np.random.default_rng(0))
     if prior is not None:
         ordered = ordered[np.argsort(~prior[ordered], kind="stable")]
-    vec = t["vector"]
-    big = spill_dir is not None and m * _matrix(vec.slice(0, 1)).shape[1] * 4 > spill_bytes
+    vec, rows = vectors if vectors is not None else (t["vector"], np.arange(m))
+    big = spill_dir is not None and m * _matrix(vec.take(pa.array(rows[:1]))).shape[1] * 4 > spill_bytes
     if big:
         assert spill_dir is not None
         spill_dir.mkdir(parents=True, exist_ok=True)
-        xc = _spilled_unit(t, ordered, spill_dir / f"{uuid.uuid4().hex}.npy", block_size)
+        xc = _spilled_unit(vec, rows[ordered], spill_dir / f"{uuid.uuid4().hex}.npy", block_size)
     else:
-        xc = _as_unit(_matrix(vec))[ordered]
+        xc = _as_unit(_matrix(vec.take(pa.array(rows)) if vectors is not None else vec))[ordered]
     best = np.full(m, -np.inf, np.float32)
     arg = np.full(m, -1, np.int64)
     removed = np.zeros((m, len(eps)), bool)
@@ -362,11 +383,18 @@ def semdedup_group(
     block_size: int,
     spill_dir: Path | None = None,
     spill_bytes: int = SPILL_BYTES,
+    order: np.ndarray | None = None,
 ) -> pa.Table:
-    """The rule over every cluster of a group (``t`` from :func:`read_group`). One row per input row:
+    """The rule over every cluster of a group. ``t`` sorted by (cluster, idx), or ``t`` and ``order``
+    from :func:`read_group` (then each cluster's vectors are taken from ``t`` one cluster at a time,
+    and a cluster past ``spill_bytes`` chunk by chunk). One row per input row, in (cluster, idx) order:
     ``idx``, ``cluster``, ``similarity``, ``max_similarity``, ``duplicate_of`` (an ``idx`` or -1),
     ``removed`` (one bool per sorted eps), ``representative`` (the member nearest the centroid,
     ties by lowest idx: :func:`~.semdedup.representatives`), and ``uid``/``prior`` when present."""
+    src = None
+    if order is not None:  # small columns in order now; vectors cluster by cluster from the view
+        src = t["vector"]
+        t = t.drop_columns(["vector"]).take(pa.array(order))
     cl = t["cluster"].to_numpy()
     idx = t["idx"].to_numpy()
     n = len(idx)
@@ -378,7 +406,8 @@ def semdedup_group(
     sim = t["similarity"].to_numpy()
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         sub = t.slice(a, b - a)
-        bst, arg, rem, _ = rule_one_cluster(sub, eps, keep, variant, block_size, spill_dir, spill_bytes)
+        view = (src, order[a:b]) if src is not None and order is not None else None
+        bst, arg, rem, _ = rule_one_cluster(sub, eps, keep, variant, block_size, spill_dir, spill_bytes, view)
         best[a:b], removed[a:b] = bst, rem
         dup[a:b] = np.where(arg >= 0, idx[a:b][np.maximum(arg, 0)], -1)
         rep[a + int(np.lexsort((idx[a:b], -sim[a:b]))[0])] = True
@@ -402,8 +431,11 @@ def _group_task(
     spill_dir: str | None, spill_bytes: int,
 ) -> pa.Table:  # fmt: skip
     """One group's results; the schema metadata carries the task's rows and peak RSS (``loupe.task``)."""
-    t = read_group(files, c0, c1)
-    r = semdedup_group(t, eps, keep, variant, block_size, Path(spill_dir) if spill_dir else None, spill_bytes)
+    reset_peak_rss()
+    t, order = read_group(files, c0, c1)
+    r = semdedup_group(
+        t, eps, keep, variant, block_size, Path(spill_dir) if spill_dir else None, spill_bytes, order
+    )
     task = {"rows": t.num_rows, "peak_rss_mb": peak_rss_mb()}
     return r.replace_schema_metadata({b"loupe.task": json.dumps(task).encode()})
 
@@ -421,11 +453,15 @@ def map_groups(
     ``(group, result)`` as they finish (so the driver holds only the finished ones it is handed).
     ``retries``: how often Ray reruns a task whose worker died; 0 for a task that commits (a retry
     after its commit landed would write the group twice; the stage fails and a rerun resumes it).
-    ``fresh``: each task in a new worker process (``max_calls=1``), so a big cluster's memory goes
-    back to the OS with its task and :func:`peak_rss_mb` is that task's own peak."""
+    ``fresh``: each task in a new worker process: ``max_calls=1`` (the worker exits after it, so a
+    big cluster's memory goes back to the OS) and a runtime env of its own (so Ray never hands it an
+    idle worker that held another stage's data)."""
     import ray
 
-    remote = ray.remote(max_calls=1 if fresh else 0)(fn).options(num_cpus=num_cpus, max_retries=retries)
+    env = {"runtime_env": {"env_vars": {"LOUPE_GROUP_TASK": fn.__name__}}} if fresh else {}
+    remote = ray.remote(max_calls=1 if fresh else 0)(fn).options(
+        num_cpus=num_cpus, max_retries=retries, **env
+    )
     window = window or max(2, int(ray.cluster_resources().get("CPU", 1) * 2))
     pending: dict[Any, tuple[int, int]] = {}
     todo = list(groups)

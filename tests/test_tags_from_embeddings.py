@@ -10,11 +10,11 @@ import pytest
 
 from loupe.experts.embed import EfficientNetLite0
 from loupe.experts.tags import EfficientNetTagger
-from loupe.pipeline.stages import experts as experts_stage
 from loupe.pipeline.executors.local import run_local
 from loupe.pipeline.executors.plan import make_plan
 from loupe.pipeline.images import decode
 from loupe.pipeline.recipe import load_recipe
+from loupe.pipeline.stages import experts as experts_stage
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = ("chelsea.jpg", "coffee.jpg", "horse.jpg", "astronaut.jpg")

@@ -172,7 +172,11 @@ def train_centroids(
         raise ValueError("semdedup_ray: no vectors")
     sample = sample_indices(n, n_clusters, seed, max_points_per_centroid)
     picked = ds.map_batches(_keep_sample, fn_kwargs={"sample": sample}, batch_format="pyarrow").materialize()
-    train = ray.remote(_train).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    # a fresh worker that exits afterwards (as the group tasks): the sample's memory is not left in a
+    # worker that Ray Data would reuse for its map tasks
+    train = ray.remote(max_calls=1)(_train).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"LOUPE_GROUP_TASK": "_train"}}
+    )
     return ray.get(train.remote(picked.to_arrow_refs(), sample, n_clusters, kmeans_iters, seed, use_gpu))
 
 

@@ -40,7 +40,8 @@ def test_wheel_maps_dirs_to_loupe_namespace(tmp_path):
         "loupe/recipes/demo_images/chelsea.jpg",
         # data files the code reads at run time
         "loupe/pipeline/stages/fuse/templates/densefusion_gpt4v.txt",
-        "loupe/pipeline/report/templates/page.html",
+        "loupe/pipeline/report/templates/train.html.j2",
+        "loupe/pipeline/report/templates/pipeline.html.j2",
         "loupe/pipeline/report/templates/report.html.j2",
         "loupe/pipeline/report/templates/report.js",
         "loupe/experts/vocab/tags.txt",

@@ -21,10 +21,11 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
 * **semdedup** and **select** (per SemDeDup cluster) run distributed (:mod:`loupe.pipeline.executors.ray_semdedup`):
   k-means on a sample in one task, assignment as a ``map_batches`` that spills vectors by cluster,
   then one task per group of clusters that commits its own rows; no process holds every vector.
-* ``export`` (llama3_jsonl / dragonfly_parquet) builds slices and writes its shard files in parallel
-  tasks, the index last (:mod:`loupe.pipeline.executors.ray_export`).
-* any other **global stage** (export to llava_json / llava_plain_json / mg_llava_boxes; select with
-  ``clusters: kmeans`` or ``clip_score``; semdedup with ``keep: random``) runs as one Ray task with
+* ``export`` builds slices and writes its shard files in parallel tasks, the index last; the
+  single-JSON files (llava_json / llava_plain_json / mg_llava_boxes) are joined from per-slice
+  fragments by one streaming task each, published whole (:mod:`loupe.pipeline.executors.ray_export`).
+* any other **global stage** (select with ``clusters: kmeans`` or ``clip_score``; semdedup with
+  ``keep: random``) runs as one Ray task with
   the stage's ``num_cpus``/``num_gpus``: the same code as the local executor, on a worker.
 
 Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's

@@ -10,8 +10,20 @@
    ``dragonfly_rows_per_file`` rows; one task writes each file from the part files it spans. The index
    (``conversations.index.json``), ``records.parquet`` and ``stats.json`` are written once, last.
 
-So the files are byte-for-byte the local executor's. Formats that are one JSON array (llava_json,
-llava_plain_json, mg_llava_boxes) keep the single-task export (see :data:`PARALLEL_FORMATS`).
+3. The formats that are ONE JSON array (llava_json, llava_plain_json, mg_llava_boxes: LLaVA's loader
+   ``json.load``s one file) stay one file: each slice task also writes, per such format, its items as
+   a JSON-array *fragment* (``export/_parts/<k>.<format>.json``, the items without brackets:
+   :func:`~loupe.pipeline.stages.export.formats.json_fragment`), and one task per file streams
+   ``[`` + the non-empty fragments in slice order joined by the separator + ``]`` into it
+   (:func:`~loupe.pipeline.stages.export.formats.write_json_array`): a fragment at a time, published
+   at once (temp file + rename; one upload, multipart when large, on an object store). No process
+   holds every record.
+
+So the files are byte-for-byte the local executor's. Resume: ``export/_parts/`` is emptied when the
+export starts and deleted when it ends, and every output file is published whole, so a driver killed
+between the fragments and the concatenation leaves the previous complete file (or none), never half
+of one; the rerun (export is ``rerun_all``) rebuilds every fragment, and the concatenation reads the
+fragments of this run's slices by name, so no record is written twice.
 """
 
 from __future__ import annotations
@@ -36,12 +48,16 @@ from loupe.pipeline.executors.ray_dedup import (
     read_columns,
 )
 from loupe.pipeline.stage import StageOutput
+from loupe.pipeline.stages.export.formats import json_fragment, write_json_array
+from loupe.pipeline.stages.export.stage import JSON_ARRAYS
 from loupe.pipeline.storage import Storage
 from loupe.schemas.conversation import CONVERSATIONS, CONVERSATIONS_INDEX, shard_name
 from loupe.schemas.tables import drops_table
 
 #: formats the parallel export writes; a recipe asking for another one exports in one task
-PARALLEL_FORMATS = frozenset({"llama3_jsonl", "dragonfly_parquet"})
+PARALLEL_FORMATS = frozenset({"llama3_jsonl", "dragonfly_parquet", *JSON_ARRAYS})
+#: formats written from the per-slice JSONL part files
+_FROM_LINES = frozenset({"llama3_jsonl", "dragonfly_parquet"})
 PARTS = "_parts"
 
 
@@ -70,14 +86,32 @@ def _export_slice(block: pa.Table, k: int, plan: Plan, stage_id: str, baseline: 
     ds = plan.run.dataset("samples")
     batch = ds.to_table(columns=list(sp.reads), filter=pads.field("uid").isin(pa.array(uids, pa.string())))
     batch = attach_evidence(plan.run, batch, sp.evidence)
-    records, drops, per_record, tasks, _ = stage.build(batch)
+    records, drops, per_record, tasks, rows = stage.build(batch)
     parts = stage.out.child(PARTS)
-    parts.write_text(f"{k:05d}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if _FROM_LINES & set(sp.config.formats):
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        parts.write_text(f"{k:05d}.jsonl", lines)
+    arrays = {}  # format -> (items in this slice's fragment, what they add to stats.json)
+    for fmt, (items, counts) in stage.json_arrays(records, rows).items():
+        if items:
+            parts.write_text(_fragment(k, fmt), json_fragment(items, JSON_ARRAYS[fmt][1]))
+        arrays[fmt] = (len(items), counts)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(per_record, schema=RECORD_STATS), sink)
     parts.write_bytes(f"{k:05d}.parquet", sink.getvalue().to_pybytes())
     n_drops = _commit_once(plan, sp, baseline, StageOutput(drops=drops_table(drops)), uids)[1] if uids else 0
-    return {"k": k, "n": len(uids), "records": len(records), "drops": n_drops, "tasks": dict(tasks)}
+    return {
+        "k": k,
+        "n": len(uids),
+        "records": len(records),
+        "drops": n_drops,
+        "tasks": dict(tasks),
+        "arrays": arrays,
+    }
+
+
+def _fragment(k: int, fmt: str) -> str:
+    return f"{k:05d}.{fmt}.json"
 
 
 def _spans(counts: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
@@ -151,11 +185,13 @@ def export_ray(
     task = ray.remote(_export_slice).options(num_cpus=cfg.resources.num_cpus)
     pending = [task.remote(b, k, plan, sp.id, baseline) for k, b in enumerate(blocks)]
     counts = [0] * len(blocks)
+    arrays: list[dict[str, tuple[int, dict]]] = [{} for _ in blocks]
     tasks: Counter = Counter()
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         r = ray.get(ready[0])
         counts[r["k"]] = r["records"]
+        arrays[r["k"]] = r["arrays"]
         tasks.update(r["tasks"])
         yield _summary(r["n"], 0, r["drops"], {"records": r["records"]})
     total = sum(counts)
@@ -174,6 +210,14 @@ def export_ray(
                 write.remote(_write_dragonfly, out, f"{cfg.dragonfly_prefix}_{k:05d}.parquet", span)
             )
         extra["dragonfly_files"] = len(starts)
+    for fmt, (name, indent) in JSON_ARRAYS.items():  # stats.json keys in the local executor's order
+        if fmt in fmts:
+            frags = [_fragment(k, fmt) for k, a in enumerate(arrays) if a[fmt][0]]
+            writes.append(write.remote(write_json_array, out, name, out.child(PARTS), frags, indent))
+            summed: Counter = Counter()
+            for a in arrays:
+                summed.update(a[fmt][1])
+            extra.update(summed)
     shards: list[dict] = []
     if "llama3_jsonl" in fmts:
         if cfg.shard_size is None or total <= cfg.shard_size:

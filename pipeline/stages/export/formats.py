@@ -24,10 +24,18 @@ trains Dragonfly, LLaVA (pre-alignment) or MG-LLaVA on Loupe's output with no gl
 * **MG-LLaVA boxes** (PhoenixZ810/MG-LLaVA, README "box_json_path"): one JSON list of
   ``{"id", "boxes": [[x1, y1, x2, y2], ...] (pixels, ints), "scores", "labels"}`` whose ``id`` is
   the LLaVA record id, from an offline detector.
+
+The three JSON files are ONE JSON array each, because LLaVA's ``LazySupervisedDataset.__init__``
+(haotian-liu/LLaVA ``llava/train/train.py``) does ``json.load(open(data_path, "r"))``. The Ray
+executor still builds them in parallel: each slice writes a *fragment* (:func:`json_fragment`: its
+items as ``json.dumps`` lays them out inside the array, without the brackets), and one streaming pass
+(:func:`write_json_array`) joins the fragments into the file, byte for byte what ``json.dumps`` of all
+the items gives.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +138,46 @@ def mg_llava_boxes(records: list[dict[str, Any]], rows: dict[str, dict[str, Any]
             labels.append(d["label"])
         out.append({"id": r["uid"], "boxes": boxes, "scores": scores, "labels": labels})
     return out
+
+
+#: bytes of a fragment copied at a time by :func:`write_json_array`
+COPY_CHUNK = 1 << 20
+
+
+def _brackets(indent: int | None) -> tuple[str, str, str]:
+    """``(open, separator, close)`` of a non-empty list as ``json.dumps(..., indent=indent)`` writes it."""
+    if indent is None:
+        return "[", ", ", "]"
+    return "[\n", ",\n", "\n]"
+
+
+def json_fragment(items: list[Any], indent: int | None) -> str:
+    """``items`` as they appear inside ``json.dumps(all_items, ensure_ascii=False, indent=indent)``:
+    the array's text without its brackets ("" for no items). Fragments of consecutive slices joined
+    by the separator and bracketed (:func:`write_json_array`) give the array of all their items."""
+    if not items:
+        return ""
+    opening, _, closing = _brackets(indent)
+    text = json.dumps(items, ensure_ascii=False, indent=indent)
+    return text[len(opening) : -len(closing)]
+
+
+def write_json_array(
+    out: Storage, name: str, parts: Storage, fragments: list[str], indent: int | None
+) -> None:
+    """``out/name`` = the JSON array whose items are those of the non-empty ``fragments`` (files of
+    ``parts``, in order), streamed in :data:`COPY_CHUNK` pieces (memory flat in the file's size) and
+    published at once (:meth:`Storage.open_output`: temp file + rename, or one object-store upload)."""
+    opening, sep, closing = _brackets(indent)
+    with out.open_output(name) as f:
+        if not fragments:
+            f.write(b"[]")
+            return
+        f.write(opening.encode())
+        for i, frag in enumerate(fragments):
+            if i:
+                f.write(sep.encode())
+            with parts.fs.open_input_stream(parts.key(frag)) as src:
+                while chunk := src.read(COPY_CHUNK):
+                    f.write(chunk)
+        f.write(closing.encode())

@@ -67,6 +67,13 @@ RECORD_STATS = pa.schema(
         ("caption_words", pa.int32()),
     ]
 )
+#: the formats written as ONE JSON array (LLaVA's loader ``json.load``s one file): file name and
+#: ``json.dumps`` indent, in the order their counts go into stats.json
+JSON_ARRAYS: dict[str, tuple[str, int | None]] = {
+    "llava_plain_json": ("llava_plain.json", 1),
+    "mg_llava_boxes": ("mg_llava_boxes.json", None),
+    "llava_json": ("llava.json", 1),
+}
 TOKEN = re.compile(r"<\|[a-z_]+\|>|\w+|[^\w\s]")
 
 
@@ -240,17 +247,29 @@ class Export(Stage):
                 self.config.dragonfly_rows_per_file,
             )
             extra["dragonfly_files"] = len(parts)
+        for fmt, (items, counts) in self.json_arrays(records, rows).items():
+            name, indent = JSON_ARRAYS[fmt]
+            self.out.write_text(name, json.dumps(items, ensure_ascii=False, indent=indent))
+            extra.update(counts)
+        if "llama3_jsonl" in fmts:
+            extra["conversation_files"] = write_conversations(records, self.out, self.config.shard_size)
+        self.write_stats(pa.Table.from_pylist(per_record, schema=RECORD_STATS), tasks, extra)
+
+    def json_arrays(
+        self, records: list[dict], rows: dict[str, dict]
+    ) -> dict[str, tuple[list[dict], dict[str, int]]]:
+        """For each single-JSON format asked for (:data:`JSON_ARRAYS` order): its items for ``records``
+        and the counts it adds to stats.json. Item by item, so a slice's items are the slice of the
+        whole run's (the Ray export writes them as fragments of the one file)."""
+        out: dict[str, tuple[list[dict], dict[str, int]]] = {}
+        fmts = set(self.config.formats)
         if "llava_plain_json" in fmts:
             caps = {u: ((r.get("captions") or [{}])[0].get("caption") or "") for u, r in rows.items()}
             plain = llava_plain_records(records, caps, self.config.seed)
-            self.out.write_text("llava_plain.json", json.dumps(plain, ensure_ascii=False, indent=1))
-            extra["llava_plain_records"] = len(plain)
+            out["llava_plain_json"] = plain, {"llava_plain_records": len(plain)}
         if "mg_llava_boxes" in fmts:
             boxes = mg_llava_boxes(records, rows)
-            self.out.write_text("mg_llava_boxes.json", json.dumps(boxes, ensure_ascii=False))
-            extra["mg_llava_boxes"] = sum(len(b["boxes"]) for b in boxes)
-        if "llama3_jsonl" in fmts:
-            extra["conversation_files"] = write_conversations(records, self.out, self.config.shard_size)
+            out["mg_llava_boxes"] = boxes, {"mg_llava_boxes": sum(len(b["boxes"]) for b in boxes)}
         if "llava_json" in fmts:
             llava = [
                 {
@@ -260,8 +279,8 @@ class Export(Stage):
                 }
                 for r in records
             ]
-            self.out.write_text("llava.json", json.dumps(llava, ensure_ascii=False, indent=1))
-        self.write_stats(pa.Table.from_pylist(per_record, schema=RECORD_STATS), tasks, extra)
+            out["llava_json"] = llava, {}
+        return out
 
     def write_stats(self, per_record: pa.Table, tasks: Counter, extra: dict[str, int]) -> None:
         """``records.parquet`` and ``stats.json`` from the per-record stats of every record, in order."""

@@ -16,7 +16,8 @@ sees a shard only once it is complete*:
   and deleted by :meth:`Storage.cleanup` when the next run opens. Small mutable files (manifest,
   lease, export files) are one PUT each, which S3 and GCS publish atomically (a killed multipart
   upload never becomes visible); a write that raises deletes its partial object. The single-writer
-  lock is a lease object with holder and expiry (:meth:`ObjectStorage.writer_lock`).
+  lock is a lease object with holder and expiry (:meth:`ObjectStorage.writer_lock`; on S3 taken with
+  conditional writes, :mod:`loupe.pipeline.s3`), and the first request to an S3 endpoint fails fast.
 
 Workers reach the store themselves (the filesystem is rebuilt from the URI after unpickling), so a
 multi-node Ray run needs no shared POSIX mount and nothing is staged on the driver. S3-compatible
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
@@ -47,6 +48,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.s3 import ConditionalLease, first_line, probe
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 TMP_PREFIX = ".tmp-"
@@ -59,10 +61,6 @@ LEASE_SECONDS = float(os.environ.get("LOUPE_LEASE_SECONDS", "60"))
 def is_uri(where: str) -> bool:
     """True for ``scheme://...`` (``file://`` included); a plain or relative path is not a URI."""
     return bool(SCHEME.match(str(where)))
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def resolve_filesystem(uri: str, field: str = "output") -> tuple[pafs.FileSystem, str]:
@@ -366,6 +364,7 @@ class ObjectStorage(Storage):
         self.query = query  # e.g. endpoint_override=127.0.0.1:9000&scheme=http (pyarrow's S3 options)
         self.field = field
         self._fs, self.base = resolve_filesystem(self._uri(self.location), field)  # fails early
+        probe(self._fs, self.base, self.location, field)  # and fast: an unreachable S3 endpoint
 
     def _uri(self, location: str) -> str:
         return f"{location}?{self.query}" if self.query else location
@@ -469,37 +468,43 @@ class ObjectStorage(Storage):
                 return False
         return False
 
+    def _busy(self, rel: str, current: dict[str, Any]) -> LoupeError:
+        return LoupeError(
+            f"run dir {self.location} is being written by another run ({describe_holder(current)}); "
+            f"wait for it to finish or stop it (lease {self.location}/{rel}, expires in "
+            f"{max(0, int(current.get('expires', 0) - time.time()))} s)"
+        )
+
+    def _raced(self, won: dict[str, Any] | None) -> LoupeError:
+        return LoupeError(
+            f"run dir {self.location}: another run took the writer lease at the same moment "
+            f"({describe_holder(won or {})}); retry once it has finished"
+        )
+
     @contextmanager
     def writer_lock(self, rel: str) -> Iterator[None]:
         """A lease object ``rel``: holder (pid, host, command), a token and an expiry renewed every
         ``LEASE_SECONDS / 3`` by a thread. A live lease refuses a second writer; one whose holder died
         is taken over once it expires (at once when the holder was on this machine).
 
-        Limitation: S3 offers no compare-and-swap through ``pyarrow.fs``, so two writers starting within
-        the same second could both write the lease; each reads it back after a pause and the loser
-        stops, which narrows the window but does not close it. Executors also fence their workers
-        (``_state/ray_owner``)."""
+        On ``s3://`` with boto3 installed the lease is created with ``If-None-Match: *`` and renewed,
+        taken over and deleted with ``If-Match: <etag>`` (:class:`~loupe.pipeline.s3.ConditionalLease`):
+        of N drivers starting together exactly one wins, and of N taking over a stale lease exactly one.
+        Elsewhere (gs://, hdfs://, fsspec stores, no boto3, ``LOUPE_S3_CONDITIONAL_WRITES=0``) there
+        is no compare-and-swap through ``pyarrow.fs``: the lease is written, read back after 0.2 s and
+        the loser stops, which narrows the window of two writers starting together but does not close
+        it. Executors also fence their workers (``_state/ray_owner``)."""
         token = uuid.uuid4().hex
-        current = self._read_lease(rel)
-        if current is not None and not self._stale(current):
-            raise LoupeError(
-                f"run dir {self.location} is being written by another run ({describe_holder(current)}); "
-                f"wait for it to finish or stop it (lease {self.location}/{rel}, expires in "
-                f"{max(0, int(current['expires'] - time.time()))} s)"
-            )
         lease = {**holder_info(), "token": token}
 
-        def renew() -> None:
-            self.write_text(rel, json.dumps({**lease, "expires": time.time() + LEASE_SECONDS}))
+        def body() -> bytes:
+            return json.dumps({**lease, "expires": time.time() + LEASE_SECONDS}).encode()
 
-        renew()
-        time.sleep(0.2)
-        won = self._read_lease(rel)
-        if won is None or won.get("token") != token:
-            raise LoupeError(
-                f"run dir {self.location}: another run took the writer lease at the same moment "
-                f"({describe_holder(won or {})}); retry once it has finished"
-            )
+        cas = ConditionalLease.for_key(self.fs, self.key(rel), self.location)
+        if cas is not None:
+            renew, release = self._lease_conditionally(cas, rel, body, token)
+        else:
+            renew, release = self._lease_by_read_back(rel, body, token)
         stop = threading.Event()
 
         def heartbeat() -> None:
@@ -516,5 +521,70 @@ class ObjectStorage(Storage):
         finally:
             stop.set()
             t.join()
+            release()
+
+    def _lease_conditionally(
+        self, cas: ConditionalLease, rel: str, body: Callable[[], bytes], token: str
+    ) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Take the lease with conditional writes; ``(renew, release)``."""
+        etag = None
+        for _ in range(5):  # a lease released between our create and our read: try again
+            etag = cas.create(body())
+            if etag:
+                break
+            found = cas.read()
+            if found is None:
+                continue
+            current, theirs = found
+            if not self._stale(current):
+                raise self._busy(rel, current)
+            etag = cas.replace(body(), theirs)  # take over the stale lease: only if nobody else did
+            if etag:
+                break
+            raise self._raced((cas.read() or ({}, ""))[0])
+        if not etag:
+            raise self._raced(None)
+        state = {"etag": etag, "lost": False}
+
+        def renew() -> None:
+            if state["lost"]:
+                return
+            new = cas.replace(body(), state["etag"])
+            if new is None:  # our lease was taken over (we looked dead for a whole lease period)
+                state["lost"] = True
+                print(
+                    f"loupe: warning: run dir {self.location}: another run took over the writer lease "
+                    f"({describe_holder((cas.read() or ({}, ''))[0])})",
+                    file=sys.stderr,
+                )
+            else:
+                state["etag"] = new
+
+        def release() -> None:
+            if not state["lost"]:
+                cas.delete(state["etag"], token)
+
+        return renew, release
+
+    def _lease_by_read_back(
+        self, rel: str, body: Callable[[], bytes], token: str
+    ) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Take the lease by writing it and reading it back after a pause; ``(renew, release)``."""
+        current = self._read_lease(rel)
+        if current is not None and not self._stale(current):
+            raise self._busy(rel, current)
+
+        def renew() -> None:
+            self.write_bytes(rel, body())
+
+        renew()
+        time.sleep(0.2)
+        won = self._read_lease(rel)
+        if won is None or won.get("token") != token:
+            raise self._raced(won)
+
+        def release() -> None:
             if (self._read_lease(rel) or {}).get("token") == token:
                 self.delete(rel)
+
+        return renew, release

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 import uuid
@@ -281,7 +282,9 @@ def test_uncommitted_shards_are_invisible_and_cleaned(s3_root):
     assert not run.exists("export/x.jsonl")
 
 
-def test_writer_lease_refuses_a_live_holder_and_takes_over_a_dead_one(s3_root):
+@pytest.mark.parametrize("conditional", ["1", "0"], ids=["conditional-writes", "read-back"])
+def test_writer_lease_refuses_a_live_holder_and_takes_over_a_dead_one(s3_root, conditional, monkeypatch):
+    monkeypatch.setenv("LOUPE_S3_CONDITIONAL_WRITES", conditional)
     store = ObjectStorage(f"{s3_root}/lease")
     lease = "_state/writer.lock"
     live = {"pid": 1, "host": "elsewhere", "started": "00:00:00", "cmd": "loupe run x.yaml"}
@@ -368,3 +371,189 @@ def test_fsspec_memory_store_runs_and_resumes(tmp_path, demo_images):
     assert again["ingest"]["skipped_done"] == 37 and again["exact_dedup"]["noop"]
     assert query(plan.run, "SELECT count(*) AS n FROM live").column("n").to_pylist() == [LIVE_DEMO]
     assert all(plan.run.exists(plan.run.rel(f) + MARKER) for f in plan.run.shard_files("samples"))
+
+
+# ---------------------------------------------------------------- the lease under a race (S3 conditional writes)
+LEASE = "_state/writer.lock"
+
+
+def _race(store: ObjectStorage, n: int) -> list[str]:
+    """``n`` threads take the lease at once; a winner holds it until every other racer has answered."""
+    results: list[str] = []
+    barrier = threading.Barrier(n)
+
+    def racer() -> None:
+        barrier.wait()
+        try:
+            with store.writer_lock(LEASE):
+                results.append("won")
+                deadline = time.time() + 30
+                while len(results) < n and time.time() < deadline:
+                    time.sleep(0.02)
+        except LoupeError as e:
+            results.append(str(e))
+
+    threads = [threading.Thread(target=racer) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def _one_winner(results: list[str], n: int) -> list[str]:
+    assert len(results) == n and results.count("won") == 1, results
+    lost = [r for r in results if r != "won"]
+    assert all("\n" not in r and r.startswith("run dir s3://") for r in lost), lost
+    assert all("being written by another run" in r or "at the same moment" in r for r in lost), lost
+    return lost
+
+
+def test_conditional_lease_is_used_on_s3(s3_root):
+    from loupe.pipeline.s3 import ConditionalLease
+
+    store = ObjectStorage(f"{s3_root}/cas")
+    cas = ConditionalLease.for_key(store.fs, store.key(LEASE), store.location)
+    assert cas is not None and cas.bucket == BUCKET and cas.key == f"{s3_root.split('/', 3)[3]}/cas/{LEASE}"
+    # moto honours both preconditions: a second create and a replace of a changed version are refused
+    first = cas.create(b"{}")
+    assert first and cas.create(b"{}") is None
+    second = cas.replace(b'{"a": 1}', first)
+    assert second and second != first and cas.replace(b"{}", first) is None
+    cas.delete(first, "t")  # a stale version: not deleted
+    assert cas.read() == ({"a": 1}, second)
+    cas.delete(second, "t")
+    assert cas.read() is None
+
+
+def test_threads_racing_for_the_lease_exactly_one_wins(s3_root):
+    store = ObjectStorage(f"{s3_root}/race")
+    lost = _one_winner(_race(store, 8), 8)
+    assert any("being written by another run" in r for r in lost)
+    assert not store.exists(LEASE)  # released by the winner
+
+
+def test_a_stale_lease_is_taken_over_by_exactly_one(s3_root):
+    store = ObjectStorage(f"{s3_root}/stale")
+    dead = {"pid": 1, "host": "elsewhere", "started": "00:00:00", "cmd": "loupe run x.yaml", "token": "old"}
+    for _ in range(2):
+        store.write_text(LEASE, json.dumps({**dead, "expires": time.time() - 1}))
+        _one_winner(_race(store, 6), 6)
+        assert not store.exists(LEASE)
+
+
+def test_a_writer_that_looked_before_the_holder_wrote_is_refused(s3_root, monkeypatch):
+    """The window the read-back protocol leaves open, closed by ``If-None-Match``: B read "no lease"
+    just before A wrote its own, and B's write lands after A's read-back."""
+    holder = ObjectStorage(f"{s3_root}/late")
+    late = ObjectStorage(f"{s3_root}/late")
+    real = late._read_lease
+    views = iter([None])  # B's first look at the lease: before A wrote it
+
+    def look(rel: str) -> dict | None:
+        seen = next(views, "real")
+        return real(rel) if seen == "real" else seen
+
+    monkeypatch.setattr(late, "_read_lease", look)
+    with holder.writer_lock(LEASE):
+        with pytest.raises(LoupeError, match="being written by another run"):
+            with late.writer_lock(LEASE):
+                pass
+        monkeypatch.setenv("LOUPE_S3_CONDITIONAL_WRITES", "0")  # the read-back protocol: both hold it
+        views = iter([None])
+        entered = False
+        with late.writer_lock(LEASE):
+            entered = True  # a second writer while A holds the lease: the documented window
+        assert entered
+        monkeypatch.delenv("LOUPE_S3_CONDITIONAL_WRITES")
+
+
+RACER = """
+import os, sys, time
+from pathlib import Path
+from loupe.pipeline.errors import LoupeError
+from loupe.pipeline.storage import ObjectStorage
+store, tmp, i = ObjectStorage(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(tmp / f"ready-{i}").touch()
+while not (tmp / "go").exists():
+    time.sleep(0.001)
+try:
+    with store.writer_lock("_state/writer.lock"):
+        print("WON", flush=True)
+        while not (tmp / "release").exists():
+            time.sleep(0.02)
+except LoupeError as e:
+    print("LOST", e, flush=True)
+"""
+
+
+def test_processes_racing_for_the_lease_exactly_one_wins(tmp_path, s3_root):
+    n = 3
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), f"{s3_root}/procs", str(tmp_path), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("ready-*"))) < n and time.time() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        time.sleep(1.0)  # let them race; the losers exit, the winner waits for "release"
+        while sum(p.poll() is not None for p in procs) < n - 1 and time.time() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "release").touch()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    lines = [o.strip() for o, _ in outs]
+    assert sorted(x.split()[0] for x in lines) == ["LOST"] * (n - 1) + ["WON"], (lines, [e for _, e in outs])
+    assert all("being written by another run" in x or "at the same moment" in x for x in lines if x != "WON")
+
+
+def test_renewal_keeps_the_lease_and_a_stolen_lease_is_left_to_its_taker(s3_root, monkeypatch, capfd):
+    from loupe.pipeline import storage
+
+    monkeypatch.setattr(storage, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    store = ObjectStorage(f"{s3_root}/renew")
+    with store.writer_lock(LEASE):
+        first = json.loads(store.read_text(LEASE))
+        time.sleep(0.7)
+        renewed = json.loads(store.read_text(LEASE))
+        assert renewed["token"] == first["token"] and renewed["expires"] > first["expires"]
+        thief = {**renewed, "pid": 2, "host": "elsewhere", "token": "thief", "expires": time.time() + 60}
+        store.write_text(LEASE, json.dumps(thief))  # another run took it over (we looked dead)
+        time.sleep(0.6)  # the next renewal fails its If-Match
+    assert json.loads(store.read_text(LEASE))["token"] == "thief"  # not overwritten, not deleted
+    assert "another run took over the writer lease (pid 2 on elsewhere" in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------- an unreachable endpoint fails fast
+def test_unreachable_s3_endpoint_is_a_quick_one_line_error(tmp_path, demo_images, monkeypatch):
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    port = _free_port()  # nothing listens there
+    uri = f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
+    t0 = time.time()
+    with pytest.raises(
+        LoupeError,
+        match=rf"^output: s3://{BUCKET}/runs: cannot reach the S3 endpoint http://127.0.0.1:{port} ",
+    ):
+        ObjectStorage(uri)
+    assert time.time() - t0 < 5
+    t0 = time.time()
+    res = CliRunner().invoke(app, ["run", str(_recipe(tmp_path, demo_images)), "--output", uri, "-q"])
+    assert res.exit_code == 2 and f"cannot reach the S3 endpoint http://127.0.0.1:{port}" in res.output
+    assert "Traceback" not in res.output and time.time() - t0 < 8

@@ -341,15 +341,22 @@ def _dry_run(plan) -> None:
         print(f"{sid:<20}  {ident[:12]}  {action}")
 
 
+def _out(m: dict) -> str:
+    """What a stage produced: rows of its table, or for export (no table) the records it wrote."""
+    if not m.get("rows_out") and "records" in m:
+        return f"{m['records']} records"
+    return str(m.get("rows_out", ""))
+
+
 def _summary(metrics: dict[str, dict]) -> None:
     t = Table(title="stages", show_lines=False)
-    for c in ("stage", "in", "out rows", "drops", "skipped", "seconds", "items/s"):
+    for c in ("stage", "in", "out", "drops", "skipped", "seconds", "items/s"):
         t.add_column(c, justify="right" if c != "stage" else "left")
     for sid, m in metrics.items():
         t.add_row(
             sid,
             str(m.get("rows_in", "")),
-            str(m.get("rows_out", "")),
+            _out(m),
             str(m.get("drops", "")),
             str(m.get("skipped_done", "")),
             f"{m.get('seconds', 0):.2f}"

@@ -169,6 +169,10 @@ class Storage:
     def subdirs(self, rel_dir: str) -> list[str]:
         return sorted(i.base_name for i in self._listing(rel_dir) if i.type == pafs.FileType.Directory)
 
+    def empty(self, rel_dir: str) -> bool:
+        """Whether a folder holds nothing (or does not exist)."""
+        return not self._listing(rel_dir)
+
     def files(self, rel_dir: str, suffix: str = "") -> list[PurePath]:
         """Committed shards of a folder ending in ``suffix``, sorted (paths inside :attr:`fs`)."""
         raise NotImplementedError
@@ -214,7 +218,11 @@ class Storage:
         raise NotImplementedError
 
     def delete_dir(self, rel_dir: str) -> None:
-        self.fs.delete_dir_contents(self.key(rel_dir), missing_dir_ok=True)
+        """Delete a folder and everything in it (no error when it does not exist)."""
+        try:
+            self.fs.delete_dir(self.key(rel_dir))
+        except FileNotFoundError:
+            pass
 
     def move(self, src: str, dst: str) -> None:
         raise NotImplementedError

@@ -18,10 +18,18 @@ Here the driver handles only uids (as for every Ray stage) and the vectors stay 
 Same rows as the local executor (tests/test_ray_semdedup.py): the order, the sample, the tie-breaks
 and the float arithmetic per row are the local pass's.
 
-Resume (nothing lost, nothing twice): everything a batch computes lives under
-``_scratch/<stage>/<batch digest>/`` in the run dir: ``batch.arrow`` (its ordered uids), then
-``centroids.npy``, ``assign.json`` (spill files and cluster sizes) and one result file per group,
-each written atomically once complete. A rerun after a kill finds the in-flight batch, reuses what
+Scratch through the storage layer: everything a batch computes lives under
+``_scratch/<stage>/<batch digest>/`` *in the run dir, on whatever backend holds it* (a local folder or
+an object store), written by the workers themselves through :class:`~loupe.pipeline.storage.Storage`
+(a local folder: temp name + rename; an object store: one upload per file, which S3 and GCS publish
+whole), so a multi-node run on ``s3://``/``gs://`` needs no shared POSIX mount. Group tasks read only
+the record batches of their clusters (ranged GETs on an object store, memory maps locally). Only the
+``.npy`` map of a cluster too big for memory is node-local (``$LOUPE_SCRATCH_DIR`` or the temp dir,
+:func:`~loupe.pipeline.stages.dedup.semdedup_ray.node_scratch`); it lives as long as its task.
+
+Resume (nothing lost, nothing twice): the batch's scratch folder holds ``batch.arrow`` (its ordered
+uids), then ``centroids.npy``, ``assign.json`` (spill files and cluster sizes) and one result file
+per group, each published atomically once complete. A rerun after a kill finds the in-flight batch, reuses what
 landed, and commits only the groups whose uids are not done yet; the commits are the run dir's
 exactly-once ones, so a group is either committed whole or redone. Because the in-flight batch keeps
 its original uids and order, the resumed result is the one an uninterrupted run gives. New samples
@@ -31,15 +39,11 @@ would on a later run. The scratch dir of a batch is removed once its last group 
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,10 +53,11 @@ import pyarrow.parquet as pq
 
 from loupe.pipeline.errors import LoupeError, RecipeError
 from loupe.pipeline.executors.plan import Plan, StagePlan, stage_metrics
-from loupe.pipeline.rundir import RunDir, atomic_write_text
+from loupe.pipeline.rundir import RunDir
 from loupe.pipeline.stages.dedup import semdedup_ray as sr
 from loupe.pipeline.stages.dedup.semdedup import _epsilons
 from loupe.pipeline.stages.dedup.semdedup_stage import _nan_to_null, eps_key
+from loupe.pipeline.storage import Storage
 from loupe.pipeline.vectors import batch_digest
 from loupe.schemas.tables import CLUSTERS, DEDUP, drops_table
 
@@ -64,11 +69,6 @@ def checkpoint(event: str, **info: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the input
-def _read_ipc(path: Path) -> pa.Table:
-    with pa.memory_map(str(path), "r") as src:
-        return pa.ipc.open_file(src).read_all()
-
-
 def _read_embeddings(run: RunDir) -> Any:
     """The embeddings shards as a Ray dataset, read by the workers (from the run's filesystem)."""
     import ray.data
@@ -77,14 +77,17 @@ def _read_embeddings(run: RunDir) -> Any:
     return ray.data.read_parquet(files, filesystem=run.fs).select_columns(["uid", "model", "kind", "vector"])
 
 
-def scratch_root(run: RunDir, stage: str) -> Path:
-    """Where a stage's spill files go: ``_scratch/<stage>`` in a local run dir (which every node sees,
-    docs/ray.md). A run on an object store has no folder: ``$LOUPE_SCRATCH_DIR`` (a shared mount on a
-    multi-node cluster) or the temp dir, under a name fixed by the run's URI, so a rerun finds it."""
-    if run.is_local:
-        return run.path / SCRATCH / stage
-    base = Path(os.environ.get("LOUPE_SCRATCH_DIR") or tempfile.gettempdir())
-    return base / "loupe-scratch" / hashlib.sha256(run.location.encode()).hexdigest()[:16] / stage
+def scratch_dir(run: RunDir, stage: str) -> str:
+    """A stage's scratch folder, relative to the run dir (on the run's own backend)."""
+    return f"{SCRATCH}/{stage}"
+
+
+def _drop_scratch(run: RunDir, rel: str, stage: str) -> None:
+    """Remove ``rel`` (a scratch folder), then ``_scratch/<stage>`` and ``_scratch`` once empty."""
+    run.storage.delete_dir(rel)
+    for d in (scratch_dir(run, stage), SCRATCH):
+        if d != rel and run.storage.empty(d):
+            run.storage.delete_dir(d)
 
 
 def ordered_input(
@@ -144,59 +147,60 @@ def vector_dataset(run: RunDir, rows: pa.Table, model: str) -> Any:
 
 # ---------------------------------------------------------------------------------------- scratch
 class Scratch:
-    """One in-flight batch's scratch dir; every file in it is written atomically once complete."""
+    """One in-flight batch's scratch folder ``_scratch/<stage>/<digest>`` in the run dir; every file
+    in it is published atomically once complete. :attr:`st` is the folder's own storage (what the
+    tasks get: it pickles without its filesystem, which each worker rebuilds from the URI)."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, run: RunDir, stage: str, digest: str):
+        self.run, self.stage = run, stage
+        self.rel = f"{scratch_dir(run, stage)}/{digest}"
+        self.st: Storage = run.storage.child(self.rel)
 
     @classmethod
     def inflight(cls, run: RunDir, stage: str) -> list[Scratch]:
-        d = scratch_root(run, stage)
-        return [cls(p) for p in sorted(d.iterdir()) if (p / "batch.arrow").exists()] if d.is_dir() else []
+        d = scratch_dir(run, stage)
+        return [
+            cls(run, stage, x) for x in run.storage.subdirs(d) if run.storage.exists(f"{d}/{x}/batch.arrow")
+        ]
 
     def batch(self) -> pa.Table:
-        return _read_ipc(self.root / "batch.arrow")
+        return sr.read_ipc(self.st, "batch.arrow")
 
     def json(self, name: str) -> Any:
-        p = self.root / name
-        return json.loads(p.read_text()) if p.exists() else None
+        return json.loads(self.st.read_text(name)) if self.st.exists(name) else None
 
     def put_json(self, name: str, value: Any) -> None:
-        atomic_write_text(self.root / name, json.dumps(value))
+        self.st.write_text(name, json.dumps(value))
 
     def remove(self) -> None:
-        (self.root / "batch.arrow").unlink(missing_ok=True)  # first: a half-removed dir is not in flight
-        shutil.rmtree(self.root, ignore_errors=True)
-        for d in (self.root.parent, self.root.parent.parent):  # _scratch/<stage>, _scratch when empty
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        self.st.delete("batch.arrow")  # first: a half-removed folder is not in flight
+        _drop_scratch(self.run, self.rel, self.stage)
 
 
 def _start(run: RunDir, stage: str, batch: list[str], earlier: list[str]) -> Scratch:
-    s = Scratch(scratch_root(run, stage) / batch_digest(batch))
-    s.remove()  # a dir without batch.arrow is a start that never completed
+    s = Scratch(run, stage, batch_digest(batch))
+    s.remove()  # a folder without batch.arrow is a start that never completed
     t = pa.table(
         {
             "uid": pa.array(earlier + batch, pa.string()),
             "prior": pa.array(np.arange(len(earlier) + len(batch)) < len(earlier)),
         }
     )
-    sr.write_ipc(t, s.root / "batch.arrow")
+    sr.write_ipc(t, s.st, "batch.arrow")
     return s
 
 
 def _centroids(s: Scratch, ds: Any, n: int, cfg: Any, sp: StagePlan) -> np.ndarray:
-    p = s.root / "centroids.npy"
-    if p.exists():
-        return np.load(p)
+    if s.st.exists("centroids.npy"):
+        return np.load(io.BytesIO(s.st.read_bytes("centroids.npy")))
     res = sp.config.resources
     cent = sr.train_centroids(
         ds, n, cfg.n_clusters, cfg.kmeans_iters, cfg.seed, cfg.use_gpu, cfg.max_points_per_centroid,
         res.num_cpus, res.num_gpus,
     )  # fmt: skip
-    tmp = s.root / ".tmp-centroids.npy"
-    np.save(tmp, cent)
-    tmp.replace(p)
+    buf = io.BytesIO()
+    np.save(buf, cent)
+    s.st.write_bytes("centroids.npy", buf.getvalue())
     checkpoint("centroids", stage=sp.id)
     return cent
 
@@ -205,32 +209,28 @@ def _spill(s: Scratch, ds: Any, k: int, stage: str, **how: Any) -> tuple[list[st
     done = s.json("assign.json")
     if done is not None:
         return done["files"], np.asarray(done["sizes"], np.int64)
-    shutil.rmtree(s.root / "assign", ignore_errors=True)  # files of a killed assignment: partial
-    files, sizes = sr.spill_by_cluster(ds, s.root / "assign", k, **how)
+    s.st.delete_dir("assign")  # files of a killed assignment: partial
+    files, sizes = sr.spill_by_cluster(ds, s.st, "assign", k, **how)
     s.put_json("assign.json", {"files": files, "sizes": sizes.tolist()})
     checkpoint("assigned", stage=stage)
     return files, sizes
 
 
 # ---------------------------------------------------------------------------------------- group tasks
-def _result_path(root: str, g: tuple[int, int]) -> Path:
-    return Path(root) / "results" / f"{g[0]:09d}-{g[1]:09d}.arrow"
+def _result_path(g: tuple[int, int]) -> str:
+    return f"results/{g[0]:09d}-{g[1]:09d}.arrow"
 
 
-def _summary_of(path: Path) -> dict:
-    with pa.memory_map(str(path), "r") as src:
-        return json.loads(pa.ipc.open_file(src).schema.metadata[b"loupe.summary"])
-
-
-def _semdedup_group(c0: int, c1: int, files: list[str], root: str, eps: list[float], cfg: dict) -> dict:
-    """Rule for clusters [c0, c1): writes the group's result file (no vectors) and returns its summary."""
-    out = _result_path(root, (c0, c1))
-    if out.exists():
-        return _summary_of(out)
+def _semdedup_group(c0: int, c1: int, files: list[str], st: Storage, eps: list[float], cfg: dict) -> dict:
+    """Rule for clusters [c0, c1): writes the group's result file (no vectors) to the scratch
+    storage ``st`` and returns its summary."""
+    out = _result_path((c0, c1))
+    if st.exists(out):
+        return json.loads(sr.ipc_schema(st, out).metadata[b"loupe.summary"])
     sr.reset_peak_rss()
-    t, order = sr.read_group(files, c0, c1)
+    t, order = sr.read_group(st, files, c0, c1)
     r = sr.semdedup_group(
-        t, eps, cfg["keep"], cfg["variant"], cfg["block_size"], Path(root) / "big", cfg["spill_bytes"], order
+        t, eps, cfg["keep"], cfg["variant"], cfg["block_size"], sr.node_scratch(), cfg["spill_bytes"], order
     )
     idx = r["idx"].to_numpy()
     uid = r["uid"]
@@ -263,18 +263,18 @@ def _semdedup_group(c0: int, c1: int, files: list[str], root: str, eps: list[flo
             "removed": r["removed"],
         }
     ).replace_schema_metadata({b"loupe.summary": json.dumps(summary).encode()})
-    sr.write_ipc(res, out)
+    sr.write_ipc(res, st, out)
     return summary
 
 
 def _commit_group(
-    c0: int, c1: int, root: str, run: RunDir, stage_id: str, stage_name: str, eps_i: int, eps: float,
+    c0: int, c1: int, st: Storage, run: RunDir, stage_id: str, stage_name: str, eps_i: int, eps: float,
     offset: int, done: Any,
 ) -> tuple[int, int]:  # fmt: skip
     """Commit one group's ``dedup`` rows and drops (this run's samples only); skipped when done."""
     import ray
 
-    t = _read_ipc(_result_path(root, (c0, c1)))
+    t = sr.read_ipc(st, _result_path((c0, c1)))
     t = t.filter(pc.invert(t["prior"]))
     done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
     if len(done):
@@ -357,7 +357,7 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
     }
     num_cpus = sp.config.resources.num_cpus or 1
     summaries = []
-    with closing(sr.map_groups(_semdedup_group, groups, (files, str(s.root), eps_all, opts), num_cpus)) as it:
+    with closing(sr.map_groups(_semdedup_group, groups, (files, s.st, eps_all, opts), num_cpus)) as it:
         for _, summ in it:
             summaries.append(summ)
             checkpoint("group_computed", stage=sp.id)
@@ -383,7 +383,7 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
         stage=prefix,
     )
     done_ref = ray.put(pa.array(sorted(done & set(batch)), pa.string()))
-    args = (str(s.root), run, sp.id, sp.cls.name, eps_all.index(eps), eps, offset, done_ref)
+    args = (s.st, run, sp.id, sp.cls.name, eps_all.index(eps), eps, offset, done_ref)
     n_rows = n_drops = 0
     with closing(sr.map_groups(_commit_group, groups, args, 0.25, retries=0, fresh=False)) as it:
         for _, (r, d) in it:
@@ -485,14 +485,14 @@ def _members(batch: pa.Table, lookup: Any, model: str) -> pa.Table:
 
 
 def _select_group(
-    c0: int, c1: int, files: list[str], run: RunDir, stage_id: str, stage_name: str, cfg: dict
-) -> tuple[int, int, int]:
+    c0: int, c1: int, files: list[str], st: Storage, run: RunDir, stage_id: str, stage_name: str, cfg: dict
+) -> tuple[int, int, int, float]:
     """Centroids and quota of clusters [c0, c1) (as :meth:`Select._semdedup_clusters` and
     :func:`select_per_cluster`), committed by this task. Returns (rows, drops, selected, peak RSS MB)."""
     from loupe.pipeline.stages.select import select_per_cluster
 
     sr.reset_peak_rss()
-    t, order = sr.read_group(files, c0, c1)
+    t, order = sr.read_group(st, files, c0, c1)
     t = t.take(pa.array(order))  # sorted by (cluster, uid rank): the local sum order
     cl = t["cluster"].to_numpy()
     role = t["role"].to_numpy()
@@ -582,14 +582,15 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     ds = _read_embeddings(run).map_batches(
         _members, fn_kwargs={"lookup": lookup, "model": model}, batch_format="pyarrow"
     )
-    scratch = scratch_root(run, sp.id)
-    shutil.rmtree(scratch, ignore_errors=True)  # a killed run's spill: select keeps no state across runs
+    scratch = scratch_dir(run, sp.id)
+    st = run.storage.child(scratch)
+    st.delete_dir("assign")  # a killed run's spill: select keeps no state across runs
     run.update_stage(sp.id, status="running", table=sp.table)
-    files, sizes = sr.spill_by_cluster(ds, scratch / "assign", k)
+    files, sizes = sr.spill_by_cluster(ds, st, "assign", k)
     checkpoint("assigned", stage=sp.id)
     groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
     opts = {"score": cfg.score, "per_cluster": cfg.per_cluster}
-    args = (files, run, sp.id, sp.cls.name, opts)
+    args = (files, st, run, sp.id, sp.cls.name, opts)
     n_rows = n_drops = selected = 0
     peak = 0.0
     with closing(
@@ -607,7 +608,7 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
         )  # fmt: skip
         run.commit(sp.id, "dedup", None, drops, missing)
         n_drops += len(missing)
-    shutil.rmtree(scratch, ignore_errors=True)
+    _drop_scratch(run, scratch, sp.id)
     res = sp.config.resources
     m = stage_metrics(
         len(todo), n_rows, n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",

@@ -17,9 +17,11 @@ which travel with the vector. Three steps:
    uncompressed Arrow IPC file under a scratch dir. It returns only per-cluster counts.
 3. **The within-cluster rule** (:func:`semdedup_group`, ARCHITECTURE.md's definition: ``M[j]`` over
    all earlier members) as a parallel map over **groups of consecutive cluster ids**, packed so a
-   group holds at most ``max(largest cluster, GROUP_ROWS)`` rows (:func:`group_rows`). A group task
-   memory-maps every spill file, binary-searches its cluster range in the sorted ``cluster`` column
-   and copies only those rows, so it reads exactly its clusters and nothing else. Each task runs in a
+   group holds at most ``max(largest cluster, GROUP_ROWS)`` rows (:func:`group_rows`). A spill file
+   holds one record batch per cluster and names them in its footer (``loupe.clusters``), so a group
+   task reads every file's footer and then only the record batches of its clusters
+   (:func:`read_group`): ``get_batch`` on a memory map in a local run dir, ranged GETs on an object
+   store; it reads exactly its clusters and nothing else. Each task runs in a
    fresh worker process (``max_calls=1`` and a runtime env of its own): its memory goes back to the OS
    when it ends, and its peak RSS (``VmHWM``, reported with its result) is its own.
 
@@ -32,8 +34,11 @@ the bound structural: a group task holds at most ``max(largest cluster, GROUP_RO
 They also give the issue's "spill a cluster too large for memory to blocks" for free: a cluster past
 ``spill_bytes`` is copied, in order, to a ``.npy`` memory map and compared block by block
 (:func:`~.semdedup._max_earlier` only slices ``block_size`` rows at a time), so its task holds
-O(``block_size``²) plus the page cache. The scratch files live in the run dir (which every node sees,
-docs/ray.md), so a rerun after a kill can reuse them.
+O(``block_size``²) plus the page cache. The spill files are written through the run dir's
+:class:`~loupe.pipeline.storage.Storage` (a local folder: temp name + rename; an object store: one
+upload per file, published whole), so they live wherever the run dir lives, every node reaches them
+without a shared POSIX mount, and a rerun after a kill can reuse them. Only the ``.npy`` map of an
+oversize cluster is a node-local file (:func:`node_scratch`): it lives as long as its task.
 
 Results equal :func:`~.semdedup.spherical_kmeans` + :func:`~.semdedup.semdedup_clusters` on the
 same vectors in ``idx`` order, bit for bit: raw vectors travel, and each task normalises rows and
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -65,6 +71,10 @@ from loupe.pipeline.stages.dedup.semdedup import (
     centroid_similarity,
     faiss_gpus,
 )
+from loupe.pipeline.storage import Storage, open_storage
+
+#: footer metadata key of a spill file: the cluster id of each of its record batches (ascending)
+CLUSTERS_KEY = b"loupe.clusters"
 
 #: faiss's ``IndexFlatIP.search`` uses BLAS from this many queries on (``distance_compute_blas_threshold``)
 #: and a per-row kernel below it; a batch is padded to it so every row is scored by the same kernel.
@@ -196,17 +206,54 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return labels, centroid_similarity(x, centroids, labels)
 
 
-def write_ipc(table: pa.Table, path: Path) -> None:
-    """One uncompressed Arrow IPC file (memory-mappable), written to a temp name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}.{uuid.uuid4().hex[:8]}")
-    with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-        w.write_table(table.combine_chunks(), max_chunksize=max(1, table.num_rows))
-    os.replace(tmp, path)
+def node_scratch() -> Path:
+    """A node-local folder for a task's private working files (the ``.npy`` map of a cluster past
+    ``spill_bytes``): ``$LOUPE_SCRATCH_DIR`` (e.g. a fast local NVMe) or the temp dir. Nothing in it
+    outlives its task or is read by another node; everything a rerun reuses is in the run dir."""
+    return Path(os.environ.get("LOUPE_SCRATCH_DIR") or tempfile.gettempdir()) / "loupe-scratch"
 
 
-def _spill_block(batch: pa.Table, where: str, centroids: Any) -> pa.Table:
-    """Label one batch, sort it by (cluster, idx) and write it as one spill file; return its counts.
+def write_ipc(
+    table: pa.Table, st: Storage, rel: str, by_cluster: bool = False, metadata: dict | None = None
+) -> None:
+    """One uncompressed Arrow IPC file ``rel`` written through the storage (a local folder: temp
+    name + rename; an object store: streamed as one upload that is published only when complete).
+
+    ``by_cluster``: ``table`` is sorted by ``cluster``; each cluster becomes one record batch and the
+    footer lists their cluster ids (:data:`CLUSTERS_KEY`), so a reader fetches only its clusters."""
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    meta = dict(metadata or {})
+    if by_cluster and table.num_rows:
+        rb = batches[0]
+        cl = table["cluster"].to_numpy()
+        bounds = np.r_[0, np.flatnonzero(np.diff(cl)) + 1, len(cl)]
+        batches = [rb.slice(int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+        meta[CLUSTERS_KEY] = json.dumps(cl[bounds[:-1]].tolist())
+    with st.open_output(rel) as out, pa.ipc.new_file(out, table.schema, metadata=meta or None) as w:
+        for b in batches:
+            w.write_batch(b)
+
+
+def _open_ipc(st: Storage, rel: str) -> Any:
+    """A random-access handle: a memory map in a local folder, a ranged-GET file on an object store."""
+    return pa.memory_map(st.key(rel), "r") if st.local else st.fs.open_input_file(st.key(rel))
+
+
+def read_ipc(st: Storage, rel: str) -> pa.Table:
+    with _open_ipc(st, rel) as src:
+        return pa.ipc.open_file(src).read_all()
+
+
+def ipc_schema(st: Storage, rel: str) -> pa.Schema:
+    """The schema of an IPC file (from its footer: on an object store two small ranged GETs)."""
+    with _open_ipc(st, rel) as src:
+        return pa.ipc.open_file(src).schema
+
+
+def _spill_block(batch: pa.Table, where: Storage, prefix: str, centroids: Any) -> pa.Table:
+    """Label one batch, sort it by (cluster, idx) and write it as one spill file ``<prefix>/<uuid>.arrow``
+    through the storage (:func:`write_ipc`, one record batch per cluster); return its counts.
 
     With ``centroids``, each row goes to its nearest centroid (and gets ``similarity``); without, the
     batch already carries its ``cluster`` (selection: the cluster SemDeDup recorded).
@@ -222,12 +269,12 @@ def _spill_block(batch: pa.Table, where: str, centroids: Any) -> pa.Table:
     order = np.lexsort((batch["idx"].to_numpy(), labels))
     batch = batch.take(pa.array(order))
     c, counts = np.unique(labels, return_counts=True)
-    path = Path(where) / f"{uuid.uuid4().hex}.arrow"
+    rel = f"{prefix}/{uuid.uuid4().hex}.arrow"
     if batch.num_rows:
-        write_ipc(batch, path)
+        write_ipc(batch, where, rel, by_cluster=True)
     return pa.table(
         {
-            "file": [str(path) if batch.num_rows else ""],
+            "file": [rel if batch.num_rows else ""],
             "clusters": pa.array([c.tolist()], pa.list_(pa.int64())),
             "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
         }
@@ -236,13 +283,16 @@ def _spill_block(batch: pa.Table, where: str, centroids: Any) -> pa.Table:
 
 def spill_by_cluster(
     ds: Any,
-    where: str | Path,
+    where: Storage | str | Path,
+    prefix: str,
     n_clusters: int,
     centroids: np.ndarray | None = None,
     rows_per_file: int = SPILL_ROWS,
     num_cpus: float = 1,
 ) -> tuple[list[str], np.ndarray]:
-    """Write ``ds`` to spill files under ``where``, each sorted by cluster; returns (files, sizes).
+    """Write ``ds`` to spill files ``<prefix>/*.arrow`` of the storage ``where`` (a run dir's
+    scratch folder, local or on an object store), each sorted by cluster; returns (their paths
+    relative to ``where``, cluster sizes). The workers write the files themselves.
 
     ``centroids``: assign each row to the nearest; ``None``: ``ds`` has a ``cluster`` column already.
     The driver only streams back one small row per file and sums the (k,) cluster sizes.
@@ -252,7 +302,7 @@ def spill_by_cluster(
     cref = ray.put(centroids) if centroids is not None else None
     out = ds.map_batches(
         _spill_block,
-        fn_kwargs={"where": str(where), "centroids": cref},
+        fn_kwargs={"where": open_storage(where, "scratch"), "prefix": prefix, "centroids": cref},
         batch_size=rows_per_file,
         batch_format="pyarrow",
         num_cpus=num_cpus,
@@ -289,20 +339,30 @@ def group_rows(sizes: np.ndarray, block_size: int = 0, minimum: int | None = Non
     return max(int(sizes.max()) if len(sizes) else 0, GROUP_ROWS if minimum is None else minimum, block_size)
 
 
-def read_group(files: Sequence[str], c0: int, c1: int) -> tuple[pa.Table, np.ndarray]:
-    """The rows of clusters ``[c0, c1)`` from every spill file, and their order by (cluster, idx).
+def read_group(st: Storage, files: Sequence[str], c0: int, c1: int) -> tuple[pa.Table, np.ndarray]:
+    """The rows of clusters ``[c0, c1)`` from every spill file (paths relative to ``st``), and their
+    order by (cluster, idx).
 
-    The rows are zero-copy slices of the memory-mapped files (Arrow keeps a map alive while a
-    buffer of it is referenced): a row's vector is read from disk only when a task takes it.
+    Each file's footer names the cluster of each record batch; only the batches of ``[c0, c1)`` are
+    read (``get_batch``). In a local folder they are zero-copy slices of memory maps (Arrow keeps a
+    map alive while a buffer of it is referenced: a row's vector is read from disk only when a task
+    takes it); on an object store each batch is one ranged GET.
     """
     parts = []
     for f in files:
-        with pa.memory_map(f, "r") as src:
-            t = pa.ipc.open_file(src).read_all()
-            cl = t["cluster"].chunk(0).to_numpy() if t.num_rows else np.zeros(0, np.int64)
-            a, b = np.searchsorted(cl, [c0, c1], side="left")
-            if b > a:
-                parts.append(t.slice(int(a), int(b - a)))
+        with _open_ipc(st, f) as src:
+            r = pa.ipc.open_file(src)
+            meta = r.metadata or {}
+            if CLUSTERS_KEY in meta:
+                cl = np.asarray(json.loads(meta[CLUSTERS_KEY]), np.int64)
+                a, b = np.searchsorted(cl, [c0, c1], side="left")
+                parts.extend(pa.Table.from_batches([r.get_batch(i)]) for i in range(int(a), int(b)))
+            else:  # a file without the index (one record batch): binary search its cluster column
+                t = r.read_all()
+                cl = t["cluster"].chunk(0).to_numpy() if t.num_rows else np.zeros(0, np.int64)
+                a, b = np.searchsorted(cl, [c0, c1], side="left")
+                if b > a:
+                    parts.append(t.slice(int(a), int(b - a)))
     if not parts:
         return pa.table({}), np.zeros(0, np.int64)
     t = pa.concat_tables(parts)
@@ -431,15 +491,13 @@ def semdedup_group(
 
 
 def _group_task(
-    files: list[str], c0: int, c1: int, eps: list[float], keep: Keep, variant: Variant, block_size: int,
-    spill_dir: str | None, spill_bytes: int,
+    st: Storage, files: list[str], c0: int, c1: int, eps: list[float], keep: Keep, variant: Variant,
+    block_size: int, spill_bytes: int,
 ) -> pa.Table:  # fmt: skip
     """One group's results; the schema metadata carries the task's rows and peak RSS (``loupe.task``)."""
     reset_peak_rss()
-    t, order = read_group(files, c0, c1)
-    r = semdedup_group(
-        t, eps, keep, variant, block_size, Path(spill_dir) if spill_dir else None, spill_bytes, order
-    )
+    t, order = read_group(st, files, c0, c1)
+    r = semdedup_group(t, eps, keep, variant, block_size, node_scratch(), spill_bytes, order)
     task = {"rows": t.num_rows, "peak_rss_mb": peak_rss_mb()}
     return r.replace_schema_metadata({b"loupe.task": json.dumps(task).encode()})
 
@@ -489,7 +547,7 @@ def semdedup_ray(
     n: int,
     n_clusters: int,
     epsilons: Sequence[float],
-    scratch: str | Path,
+    scratch: str | Path | Storage,
     keep: Keep = "hard",
     variant: Variant = "paper",
     block_size: int = 4096,
@@ -503,7 +561,8 @@ def semdedup_ray(
     rows_per_file: int = SPILL_ROWS,
     min_group_rows: int | None = None,
 ) -> tuple[Iterator[pa.Table], np.ndarray, np.ndarray]:
-    """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1), spilling under ``scratch``.
+    """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1), spilling under ``scratch`` (a
+    folder, an object-store URI or a :class:`~loupe.pipeline.storage.Storage`).
 
     Returns (an iterator of per-group result tables, see :func:`semdedup_group`; the centroids; the
     cluster sizes). The kept sets equal :func:`~.semdedup.spherical_kmeans` +
@@ -517,19 +576,17 @@ def semdedup_ray(
     cent = train_centroids(
         ds, n, n_clusters, kmeans_iters, seed, use_gpu, max_points_per_centroid, num_cpus, num_gpus
     )
-    root = Path(scratch)
-    files, sizes = spill_by_cluster(
-        ds, root / "assign", len(cent), centroids=cent, rows_per_file=rows_per_file
-    )
+    st = open_storage(scratch, "scratch")
+    files, sizes = spill_by_cluster(ds, st, "assign", len(cent), centroids=cent, rows_per_file=rows_per_file)
     groups = cluster_groups(sizes, group_rows(sizes, block_size, min_group_rows))
-    args = (eps, keep, variant, block_size, str(root / "big"), spill_bytes)
+    args = (eps, keep, variant, block_size, spill_bytes)
 
     def results() -> Iterator[pa.Table]:
-        for _, t in map_groups(_group_task_args, groups, (files, *args), num_cpus):
+        for _, t in map_groups(_group_task_args, groups, (st, files, *args), num_cpus):
             yield t
 
     return results(), cent, sizes
 
 
-def _group_task_args(c0: int, c1: int, files: list[str], *args: Any) -> pa.Table:
-    return _group_task(files, c0, c1, *args)
+def _group_task_args(c0: int, c1: int, st: Storage, files: list[str], *args: Any) -> pa.Table:
+    return _group_task(st, files, c0, c1, *args)

@@ -2,14 +2,15 @@
 
 For tests, smoke runs and the CPU throughput benchmark: no weights are downloaded, everything is
 built from configs. The vision tower is a 2-layer CLIP at 28 px (2x2 patches of 14 px -> 4 image
-tokens); the LLM a 2-layer Llama. Answers are random text, but deterministic for a seed.
+tokens); the LLM a 2-layer Llama. Answers are random text, but deterministic for a seed. The
+tokenizer is training's :func:`loupe.train.tokenizer.build_tiny_tokenizer` (``model.tokenizer:
+tiny``) trained on a few prompt templates.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
     "helpful, detailed, and polite answers to the user's questions. USER: ASSISTANT: yes no",
@@ -24,7 +25,6 @@ CORPUS = [
 def make_tiny_llava(folder: str | Path, seed: int = 0, image_size: int = 28) -> Path:
     """Write a tiny random LLaVA checkpoint folder (config, weights, processor) and return it."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -32,31 +32,13 @@ def make_tiny_llava(folder: str | Path, seed: int = 0, image_size: int = 28) -> 
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
-        PreTrainedTokenizerFast,
     )
+
+    from loupe.train.tokenizer import build_tiny_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(
-        CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=SPECIALS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=["<image>"],
-    )
+    tok = build_tiny_tokenizer(CORPUS, vocab_size=400)  # the training side's tiny byte-level BPE
     vision = CLIPVisionConfig(
         image_size=image_size, patch_size=14, hidden_size=32, intermediate_size=64,
         num_hidden_layers=2, num_attention_heads=2, projection_dim=32,

@@ -32,8 +32,8 @@ from loupe.pipeline.stages.ingest.smr.base import (
     SmrRecord,
     SplitError,
     check_split,
-    conversation,
     find_root,
+    grouped_record,
     letter,
     mc_prompt,
     read_json,
@@ -85,14 +85,9 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
             groups[folder].append((mc_prompt(text(question), answers), letter(correct), info))
         for folder, qas in groups.items():
             if qas:
-                yield SmrRecord(
-                    record_id=f"{folder}/{image}",
-                    image_path=base / folder / image,
-                    conversations=conversation((p, a) for p, a, _ in qas),
-                    meta={
-                        "category": category.get(image) if isinstance(category, dict) else None,
-                        "questions": [info for _, _, info in qas],
-                    },
+                kind = category.get(image) if isinstance(category, dict) else None
+                yield grouped_record(
+                    f"{folder}/{image}", base / folder / image, qas, before={"category": kind}
                 )
 
 

@@ -21,8 +21,8 @@ from loupe.pipeline.stages.ingest.smr.base import (
     MC_INSTRUCTION,
     SmrRecord,
     check_split,
-    conversation,
     find_root,
+    grouped_record,
     iter_jsonl,
     leading_letter,
     text,
@@ -39,26 +39,18 @@ def iter_records(root: Path, split: str, answer_style: str = "reasoning") -> Ite
     for r in iter_jsonl(base / "arxivqa.jsonl"):
         if text(r.get("image")):
             by_image.setdefault(text(r["image"]), []).append(r)
-    for image, qas in by_image.items():
-        pairs = []
-        questions = []
-        for r in qas:
+    for image, rows_of_image in by_image.items():
+        qas = []
+        for r in rows_of_image:
             options = [text(o) for o in r.get("options") or [] if text(o)]
             answer = leading_letter(text(r.get("label"))) or ""
             reply, direct = with_rationale(r.get("rationale"), answer, answer_style) if answer else ("", True)
             prompt = "\n".join([text(r.get("question")), *options, *([MC_INSTRUCTION] if direct else [])])
-            pairs.append((prompt, reply))
-            questions.append(
-                {
-                    "id": r.get("id"),
-                    "label": r.get("label"),
-                    "options": options,
-                    "rationale": r.get("rationale"),
-                }
-            )
-        yield SmrRecord(
-            record_id=image,
-            image_path=base / image,
-            conversations=conversation(pairs),
-            meta={"questions": questions},
-        )
+            info = {
+                "id": r.get("id"),
+                "label": r.get("label"),
+                "options": options,
+                "rationale": r.get("rationale"),
+            }
+            qas.append((prompt, reply, info))
+        yield grouped_record(image, base / image, qas)

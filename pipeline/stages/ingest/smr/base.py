@@ -175,6 +175,25 @@ def llava_records(rows: Any, image_root: Path, where: str) -> Iterable[SmrRecord
         )
 
 
+def grouped_record(
+    record_id: str,
+    image_path: Path,
+    qas: Iterable[tuple[str, str, dict[str, Any]]],
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> SmrRecord:
+    """Several questions on one image as one multi-turn record (LLaVA-1.5's VQAv2 form): ``qas`` holds
+    ``(prompt, answer, info)`` per question, the infos become ``meta["questions"]`` between the keys of
+    ``before`` and ``after``. A question with an empty prompt or answer stays in the meta only."""
+    qas = list(qas)
+    return SmrRecord(
+        record_id=record_id,
+        image_path=image_path,
+        conversations=conversation((p, a) for p, a, _ in qas),
+        meta={**(before or {}), "questions": [info for _, _, info in qas], **(after or {})},
+    )
+
+
 def letter(index: int) -> str:
     return LETTERS[index]
 

@@ -26,7 +26,7 @@ from loupe.pipeline.stages.ingest.smr.base import (
     LayoutError,
     SmrRecord,
     check_split,
-    conversation,
+    grouped_record,
     read_json,
     short_prompt,
     text,
@@ -52,18 +52,11 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
                 by_chart.setdefault(text(r["imgname"]), []).append(
                     (text(r.get("query")), text(r.get("label")), subset)
                 )
-    for chart, qas in by_chart.items():
+    for chart, questions in by_chart.items():
         table = base / "tables" / (Path(chart).stem + ".csv")
-        meta = {
-            "questions": [{"query": q, "label": a, "subset": s} for q, a, s in qas],
-            "table": table.read_text(encoding="utf-8", errors="replace") if table.is_file() else None,
-        }
-        yield SmrRecord(
-            record_id=f"{split}/{chart}",
-            image_path=base / "png" / chart,
-            conversations=conversation((short_prompt(q), a) for q, a, _ in qas),
-            meta=meta,
-        )
+        qas = [(short_prompt(q), a, {"query": q, "label": a, "subset": s}) for q, a, s in questions]
+        csv = table.read_text(encoding="utf-8", errors="replace") if table.is_file() else None
+        yield grouped_record(f"{split}/{chart}", base / "png" / chart, qas, after={"table": csv})
 
 
 def _split_dir(root: Path, split: str) -> Path:

@@ -28,7 +28,7 @@ from loupe.pipeline.stages.ingest.smr.base import (
     LayoutError,
     SmrRecord,
     check_split,
-    conversation,
+    grouped_record,
     read_json,
     short_prompt,
     text,
@@ -51,22 +51,18 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
     for r in rows:
         if isinstance(r, dict) and text(r.get("image")):
             by_image.setdefault(text(r["image"]), []).append(r)
-    for image, qas in by_image.items():
-        yield SmrRecord(
-            record_id=image,
-            image_path=image_dir / image,
-            conversations=conversation(
-                (short_prompt(text(r.get("question"))), text(r.get("answer"))) for r in qas
-            ),
-            meta={
-                "questions": [
-                    {
-                        "question_id": r.get("question_id"),
-                        "template_id": r.get("template_id", r.get("question_type")),
-                        "answer": text(r.get("answer")),
-                        "answer_bbox": r.get("answer_bbox", r.get("bbox_answer")) or None,
-                    }
-                    for r in qas
-                ]
-            },
-        )
+    for image, rows_of_image in by_image.items():
+        qas = [
+            (
+                short_prompt(text(r.get("question"))),
+                text(r.get("answer")),
+                {
+                    "question_id": r.get("question_id"),
+                    "template_id": r.get("template_id", r.get("question_type")),
+                    "answer": text(r.get("answer")),
+                    "answer_bbox": r.get("answer_bbox", r.get("bbox_answer")) or None,
+                },
+            )
+            for r in rows_of_image
+        ]
+        yield grouped_record(image, image_dir / image, qas)

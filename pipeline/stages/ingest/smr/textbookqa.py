@@ -29,8 +29,8 @@ from loupe.pipeline.stages.ingest.smr.base import (
     LayoutError,
     SmrRecord,
     check_split,
-    conversation,
     find_root,
+    grouped_record,
     letter,
     mc_prompt,
     read_json,
@@ -81,9 +81,4 @@ def iter_records(root: Path, split: str) -> Iterator[SmrRecord]:
             }
             by_image.setdefault(text(q["imagePath"]), []).append((prompt, letter(index), info))
     for image, qas in by_image.items():
-        yield SmrRecord(
-            record_id=f"{split}/{image}",
-            image_path=base / image,
-            conversations=conversation((p, a) for p, a, _ in qas),
-            meta={"questions": [info for _, _, info in qas]},
-        )
+        yield grouped_record(f"{split}/{image}", base / image, qas)

@@ -16,8 +16,8 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
   out-of-memory, :mod:`loupe.pipeline.executors.oom`) and commits its own shard with
   :meth:`RunDir.commit`. It returns one tiny row ``(n, rows, drops, ...)`` that the driver sums.
 * ``exact_dedup`` and ``phash_dedup`` run as Ray Data shuffles (sha256 partitions; band-LSH buckets,
-  then groups of components) whose tasks commit their own shards (:mod:`loupe.pipeline.executors.ray_dedup`);
-  the driver only sums count rows.
+  then components labelled by distributed star contraction, then groups of components) whose tasks
+  commit their own shards (:mod:`loupe.pipeline.executors.ray_dedup`); the driver only sums count rows.
 * **semdedup** and **select** (per SemDeDup cluster) run distributed (:mod:`loupe.pipeline.executors.ray_semdedup`):
   k-means on a sample in one task, assignment as a ``map_batches`` that spills vectors by cluster,
   then one task per group of clusters that commits its own rows; no process holds every vector.

@@ -9,8 +9,10 @@
   Band LSH as a shuffle: each row is emitted once per band with its band value, and the shuffle by
   (band, value) puts every bucket in one task, which pairs its rows within the distance
   (:func:`~loupe.pipeline.stages.dedup.lsh.bucket_pairs`, each pair once: in its first shared band).
-  The candidate pairs (only near pairs: a small fraction of the rows) go to one task that labels their
-  connected components (scipy); rows in no pair are kept as they are, by a map. The rows of each group
+  The candidate pairs (only near pairs: a small fraction of the rows) are labelled with their
+  connected components by star contraction over partitions of the pairs
+  (:func:`~loupe.pipeline.executors.ray_components.components`: O(log n) rounds of tasks, no task
+  holding every pair); rows in no pair are kept as they are, by a map. The rows of each group
   of components, with the confirmation thumbnails of their images (a map over the ``samples`` shards
   reading only those images), meet in one task (``groupby(bucket)``) that runs
   :func:`~loupe.pipeline.stages.dedup.phash.decide`, the local executor's rule: rows of different
@@ -39,6 +41,7 @@ from loupe.pipeline.errors import LoupeError, RecipeError
 from loupe.pipeline.executors.local import _commit, _rate, finish_task
 from loupe.pipeline.executors.oom import merge_metrics
 from loupe.pipeline.executors.plan import Plan, StagePlan, stage_metrics
+from loupe.pipeline.executors.ray_components import components
 from loupe.pipeline.stage import StageOutput
 from loupe.schemas.tables import DEDUP, PHASH, drops_table
 
@@ -187,41 +190,30 @@ def _pairs_in_part(batch: pa.Table, bands: int, radius: int) -> pa.Table:
     return pa.table({"a": pa.concat_arrays(out_a), "b": pa.concat_arrays(out_b)})
 
 
-def _components(pair_blocks: list[Any], parts: int) -> tuple[pa.Table, int, int]:
-    """The connected components of the candidate pairs: ``(uid, bucket)`` for every uid in a pair (the
-    bucket of its component), the number of rows in pairs and of pairs. One task, O(pairs) memory."""
+def _near(labels: Any) -> tuple[pa.Array, pa.Array]:
+    """The uids in some candidate pair and their component group's bucket (compact Arrow arrays, looked
+    up with ``index_in``: ~uid bytes + 12 per near row, not a Python dict)."""
     import ray
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    tables = [t for t in ray.get(pair_blocks) if t.num_rows]
+    tables = [t for t in ray.get(list(labels)) if t.num_rows]
     if not tables:
-        return pa.table({"uid": pa.array([], pa.string()), "bucket": pa.array([], pa.int64())}), 0, 0
+        return pa.array([], pa.string()), pa.array([], pa.int64())
     t = pa.concat_tables(tables)
-    a, b = t["a"].to_numpy(zero_copy_only=False), t["b"].to_numpy(zero_copy_only=False)
-    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    m = len(a)
-    graph = coo_matrix((np.ones(m, np.int8), (inv[:m], inv[m:])), shape=(len(nodes), len(nodes)))
-    _, label = connected_components(graph, directed=False)
-    return (
-        pa.table({"uid": pa.array(nodes, pa.string()), "bucket": pa.array(label % parts, pa.int64())}),
-        len(nodes),
-        m,
-    )
+    return t["uid"].combine_chunks(), t["bucket"].combine_chunks()
 
 
-def _mapping(ref: Any) -> dict[str, int]:
-    import ray
-
-    t = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-    return dict(zip(t["uid"].to_pylist(), t["bucket"].to_pylist()))
+def _buckets_of(batch: pa.Table, labels: Any) -> tuple[pa.Table, pa.Array]:
+    """The rows of ``batch`` in some candidate pair, and their buckets."""
+    uids, buckets = _near(labels)
+    at = pc.index_in(batch["uid"].combine_chunks(), value_set=uids)
+    found = pc.is_valid(at)
+    return batch.filter(found), buckets.take(at.filter(found))
 
 
 def _with_bucket(batch: pa.Table, components: Any) -> pa.Table:
     """The rows in some candidate pair, with their component group's bucket and no thumbnail yet."""
-    bucket = _mapping(components)
-    batch = batch.filter(pc.is_in(batch["uid"], value_set=pa.array(list(bucket), pa.string())))
-    batch = batch.append_column("bucket", pa.array([bucket[u] for u in batch["uid"].to_pylist()], pa.int64()))
+    batch, bucket = _buckets_of(batch, components)
+    batch = batch.append_column("bucket", bucket)
     return batch.append_column("sig", pa.nulls(batch.num_rows, pa.binary()))
 
 
@@ -230,13 +222,13 @@ def _thumbnails(batch: pa.Table, components: Any, schema: pa.Schema) -> pa.Table
     from loupe.pipeline.images import DecodeError, decode
     from loupe.pipeline.stages.dedup.confirm import signature
 
-    bucket = _mapping(components)
-    batch = batch.filter(pc.is_in(batch["uid"], value_set=pa.array(list(bucket), pa.string())))
-    uids, sigs = [], []
-    for uid, data in zip(batch["uid"].to_pylist(), batch["image"].to_pylist()):
+    batch, bucket = _buckets_of(batch, components)
+    uids, sigs, buckets = [], [], []
+    for uid, data, b in zip(batch["uid"].to_pylist(), batch["image"].to_pylist(), bucket.to_pylist()):
         try:
             sigs.append(signature(decode(data)).astype(np.float32).tobytes())
             uids.append(uid)
+            buckets.append(b)
         except (DecodeError, OSError, ValueError):
             continue  # no thumbnail: its pairs are not confirmed, as in the local executor
     cols = {
@@ -249,7 +241,7 @@ def _thumbnails(batch: pa.Table, components: Any, schema: pa.Schema) -> pa.Table
             **cols,
             "uid": pa.array(uids, pa.string()),
             "earlier": pa.array([False] * len(uids)),
-            "bucket": pa.array([bucket[u] for u in uids], pa.int64()),
+            "bucket": pa.array(buckets, pa.int64()),
             "sig": pa.array(sigs, pa.binary()),
         }  # fmt: skip
     )
@@ -282,8 +274,7 @@ def _phash_singletons(batch: pa.Table, components: Any, plan: Plan, stage_id: st
     """Rows in no candidate pair: kept, no group. Committed per batch."""
     sp, _ = _stage_of(plan, stage_id)
     cfg = sp.config
-    bucket = _mapping(components)
-    batch = batch.filter(pc.invert(pc.is_in(batch["uid"], value_set=pa.array(list(bucket), pa.string()))))
+    batch = batch.filter(pc.invert(pc.is_in(batch["uid"], value_set=_near(components)[0])))
     sweep = sorted({cfg.max_distance, *cfg.max_distances})
     metrics = {
         "low_information": int(pc.sum(pc.less(batch["contrast"], cfg.min_contrast)).as_py() or 0),
@@ -330,11 +321,14 @@ def phash_ray(
     pairs = banded.groupby("part", num_partitions=parts).map_groups(
         _pairs_in_part, fn_kwargs={"bands": bands, "radius": radius}, batch_format="pyarrow"
     )
-    pair_refs = pairs.materialize().to_arrow_refs()
-    # 2. components of the pairs, in one task; the driver keeps only a reference to the labels
-    comp_ref, nodes_ref, n_pairs_ref = ray.remote(_components).options(num_returns=3).remote(pair_refs, parts)
-    nodes, n_pairs = ray.get([nodes_ref, n_pairs_ref])
-    yield _summary(0, 0, 0, {"candidate_pairs": n_pairs, "rows_in_pairs": nodes})
+    pairs = pairs.materialize()
+    n_pairs = pairs.count()
+    # 2. components of the pairs by star contraction over partitions of the pairs (ray_components);
+    # the driver keeps only references to the labels
+    comp_parts = max(1, min(MAX_PARTITIONS, math.ceil(2 * n_pairs / cfg.batch_size)))
+    comp_ref, counts, rounds = components(pairs.to_arrow_refs(), comp_parts, parts)
+    nodes = sum(ray.get(counts))
+    yield _summary(0, 0, 0, {"candidate_pairs": n_pairs, "rows_in_pairs": nodes, "component_rounds": rounds})
     # 3. rows in no pair: kept
     single = rows.map_batches(
         _phash_singletons,

@@ -16,13 +16,13 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
+from s3_helpers import BUCKET, free_port, moto_s3
 from typer.testing import CliRunner
 
 from loupe.pipeline.cli import app
@@ -36,59 +36,13 @@ pytest.importorskip("moto", reason="the S3 tests run against moto's server: pip 
 pytest.importorskip("flask", reason="moto's server mode needs flask: pip install 'moto[server]'")
 
 LIVE_DEMO = 33  # 37 files - 3 planted duplicates - 1 corrupt
-BUCKET = "loupe-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """``moto_server`` as its own process on a free local port; credentials and endpoint via env only
-    (AWS_EC2_METADATA_DISABLED: the SDK never probes the network for credentials)."""
-    port = _free_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    exe = Path(sys.executable).with_name("moto_server")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **env},
-    )
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+    """``moto_server`` as its own process on a free local port (tests/s3_helpers.py)."""
+    with moto_s3() as env:
         yield env
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        for k, v in locals().get("saved", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture
@@ -544,7 +498,7 @@ def test_unreachable_s3_endpoint_is_a_quick_one_line_error(tmp_path, demo_images
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     uri = f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
     t0 = time.time()
     with pytest.raises(

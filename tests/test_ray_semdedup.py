@@ -3,11 +3,19 @@ and write what the local executor writes; killed mid-stage and rerun, nothing is
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 from ray_helpers import private_ray
@@ -50,16 +58,34 @@ def _vectors() -> np.ndarray:
     return (x * rng.uniform(0.5, 2, (N, 1))).astype(np.float32)
 
 
-def _plan(recipe: Path, out: Path) -> Plan:
+def _plan(recipe: Path, out: Path | str, exportable: bool = False) -> Plan:
+    """The plan, with N samples ingested and embedded before (``exportable``: each with a tiny image
+    and a source Q&A, so the export stage writes a record per sample)."""
     plan = make_plan(load_recipe(recipe), str(out))
     run = plan.run
     if not run.shard_files("samples"):  # ingested and embedded before: 7 shards of each, as batches land
         x = _vectors()
         uids = [f"{(i * 7919) % 10007:05d}-s" for i in range(N)]  # uid order is not index order
+        extra: dict = {}
+        if exportable:
+            png = io.BytesIO()
+            Image.new("RGB", (4, 4), (9, 99, 199)).save(png, "PNG")
+            extra = {"image": png.getvalue(), "width": 4, "height": 4}
         for a in range(0, N, 100):
             part = uids[a : a + 100]
+            qa = lambda u: [{"from": "human", "value": "Which sample?"}, {"from": "gpt", "value": u}]  # noqa: E731
             samples = pa.Table.from_pylist(
-                [{"uid": u, "source": "syn", "source_id": u} for u in part], SAMPLES
+                [
+                    {
+                        "uid": u,
+                        "source": "syn",
+                        "source_id": u,
+                        **extra,
+                        **({"conversations": qa(u)} if extra else {}),
+                    }
+                    for u in part
+                ],
+                SAMPLES,
             )
             run.commit("ingest", "samples", samples, None, part)
             emb = pa.table(
@@ -144,3 +170,106 @@ def test_distributed_semdedup_and_select_equal_local_and_survive_kills(tmp_path,
     )
     assert rm["semdedup"]["status"] == rm["select"]["status"] == "complete"
     assert not (run.path / "_scratch" / "select").exists()
+
+
+# The driver of a Ray run on S3, SIGKILLed (no cleanup) right after its first SemDeDup group committed.
+DRIVER = """
+import os, signal, sys
+from loupe.pipeline.executors import ray_semdedup
+from loupe.pipeline.executors.plan import make_plan
+from loupe.pipeline.executors.ray import connect, run_ray
+from loupe.pipeline.recipe import load_recipe
+from loupe.pipeline.stages.dedup import semdedup_ray
+
+semdedup_ray.GROUP_ROWS = 400
+semdedup_ray.SPILL_ROWS = 250
+
+
+def hook(ev, **info):
+    if ev == "group_committed" and info.get("stage") == "semdedup":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+ray_semdedup.checkpoint = hook
+connect(None, quiet=True, num_cpus=2)
+run_ray(make_plan(load_recipe(sys.argv[1]), sys.argv[2]), quiet=True)
+"""
+
+
+def _keys(run: RunDir, rel: str) -> list[str]:
+    sel = pafs.FileSelector(run.storage.key(rel), recursive=True, allow_not_found=True)
+    return sorted(run.rel(i.path) for i in run.fs.get_file_info(sel))
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # two Ray runs (one killed) on the loaded 2-core box
+@pytest.mark.timeout(600)
+def test_ray_on_s3_spills_through_the_store_and_survives_a_driver_sigkill(tmp_path, monkeypatch):
+    """Run dir on S3 (moto): the SemDeDup/select scratch lives in the bucket (workers write and read
+    it there, nothing on a node's disk); the driver SIGKILLed in the group phase and resubmitted
+    gives the local executor's rows and export, each uid once, and leaves no scratch behind."""
+    pytest.importorskip("moto", reason="needs moto's server: pip install 'loupe[test]'")
+    pytest.importorskip("flask", reason="moto's server mode needs flask: pip install 'moto[server]'")
+    from ray_helpers import private_ray
+    from s3_helpers import BUCKET, moto_s3
+
+    from loupe.pipeline.executors.ray import run_ray
+
+    recipe = _recipe(tmp_path)
+    with open(recipe, "a") as f:
+        f.write("  - {stage: export, formats: [llama3_jsonl, dragonfly_parquet]}\n")
+    local = _plan(recipe, tmp_path / "local", exportable=True)
+    run_local(local, quiet=True)
+    node = tmp_path / "node-scratch"  # where the pre-storage code spilled for an object-store run
+    monkeypatch.setenv("LOUPE_SCRATCH_DIR", str(node))
+    monkeypatch.setattr(semdedup_ray, "GROUP_ROWS", 400)  # two groups per stage (each a fresh worker)
+    monkeypatch.setattr(semdedup_ray, "SPILL_ROWS", 250)  # three spill files per stage
+    with moto_s3():
+        out_uri = f"s3://{BUCKET}/semray"
+        run = _plan(recipe, out_uri, exportable=True).run
+        script = tmp_path / "driver.py"
+        script.write_text(DRIVER)
+        ray_tmp = Path(tempfile.mkdtemp(prefix="lray", dir="/tmp"))
+        env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(recipe), out_uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,  # its raylet and GCS share its group: reaped below (workers follow)
+        )
+        try:
+            out, _ = proc.communicate(timeout=400)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        assert proc.returncode == -signal.SIGKILL, out[-3000:]
+        assert run.done_uids("semdedup", "dedup")  # killed after a commit (its in-flight tasks may land more)
+        (digest,) = run.storage.subdirs("_scratch/semdedup")
+        left = _keys(run, f"_scratch/semdedup/{digest}")
+        names = {k.split("/")[3] for k in left}
+        assert {"batch.arrow", "centroids.npy", "assign.json", "assign", "results"} <= names, left
+        assert sum("/assign/" in k for k in left) >= 2 and not node.exists()
+
+        events: list[str] = []
+        monkeypatch.setattr(
+            ray_semdedup, "checkpoint", lambda ev, **info: events.append(f"{info['stage']}:{ev}")
+        )
+        with private_ray(__name__):
+            m = run_ray(_plan(recipe, out_uri), quiet=True)
+        # k-means and the assignment were reused from the bucket, only the uncommitted groups committed
+        assert "semdedup:centroids" not in events and "semdedup:assigned" not in events
+        assert "select:assigned" in events and m["semdedup"]["skipped_done"] > 0
+        # the groups committed before the kill (or by its orphaned in-flight tasks) are not redone
+        assert m["semdedup"]["rows_out"] < N
+        for table in ("dedup", "drops", "clusters"):  # each uid once, with the local executor's values
+            assert _rows(run, table) == _rows(local.run, table), table
+        for f in ("conversations.jsonl", "dragonfly/loupe_00000.parquet"):
+            assert run.storage.read_bytes(f"export/{f}") == (local.run.path / "export" / f).read_bytes(), f
+        assert _keys(run, "_scratch") == [] and run.storage.info("_scratch").type == pafs.FileType.NotFound
+    assert not node.exists()  # nothing on a node's disk

@@ -287,7 +287,7 @@ def spill_by_cluster(
     prefix: str,
     n_clusters: int,
     centroids: np.ndarray | None = None,
-    rows_per_file: int = SPILL_ROWS,
+    rows_per_file: int | None = None,
     num_cpus: float = 1,
 ) -> tuple[list[str], np.ndarray]:
     """Write ``ds`` to spill files ``<prefix>/*.arrow`` of the storage ``where`` (a run dir's
@@ -303,7 +303,7 @@ def spill_by_cluster(
     out = ds.map_batches(
         _spill_block,
         fn_kwargs={"where": open_storage(where, "scratch"), "prefix": prefix, "centroids": cref},
-        batch_size=rows_per_file,
+        batch_size=rows_per_file or SPILL_ROWS,
         batch_format="pyarrow",
         num_cpus=num_cpus,
     )
@@ -558,7 +558,7 @@ def semdedup_ray(
     num_cpus: float = 1,
     num_gpus: float = 0,
     spill_bytes: int = SPILL_BYTES,
-    rows_per_file: int = SPILL_ROWS,
+    rows_per_file: int | None = None,
     min_group_rows: int | None = None,
 ) -> tuple[Iterator[pa.Table], np.ndarray, np.ndarray]:
     """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1), spilling under ``scratch`` (a

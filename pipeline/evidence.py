@@ -128,7 +128,7 @@ def build_stage_input(
     stage_id: str,
     reads: tuple[str, ...],
     tables: tuple[str, ...],
-    todo: set[str],
+    todo: set[str] | pa.Array,
     rows_per_file: int = INPUT_ROWS_PER_FILE,
 ) -> list[PurePath]:
     """Write the stage's input once — ``samples[reads]`` of the ``todo`` uids joined with its evidence
@@ -142,13 +142,14 @@ def build_stage_input(
     """
     out = input_dir(stage_id)
     remove_stage_input(run, stage_id)
-    if not todo or run.dataset("samples") is None:
+    if not len(todo) or run.dataset("samples") is None:
         return []
     con = duckdb.connect()
     spill = tempfile.mkdtemp(prefix="loupe-spill-")
     try:
         con.execute(f"SET temp_directory = {_quote(spill)}")
-        con.register("todo_uids", pa.table({"uid": pa.array(sorted(todo), pa.string())}))
+        uids = todo if isinstance(todo, pa.Array) else pa.array(sorted(todo), pa.string())
+        con.register("todo_uids", pa.table({"uid": uids}))
         samples = _register(con, run, "samples")
         cols = ", ".join(f'"{c}"' for c in reads)
         con.execute(

@@ -33,6 +33,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -50,6 +51,13 @@ LOCK_FILE = "_state/writer.lock"
 #: parquet page checksums (CRC32) are written with every shard and verified on every read, so a
 #: garbled page is an error naming the shard, never silently different bytes
 READ_OPTIONS = {"page_checksum_verification": True}
+
+
+def unique_uids(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct values of a uid column as one ``large_string`` array (no 2 GB offset limit)."""
+    if isinstance(col, pa.ChunkedArray) and col.num_chunks == 0:
+        return pa.array([], pa.large_string())
+    return pc.unique(col.cast(pa.large_string()))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -256,6 +264,58 @@ class RunDir:
 
     def live_uids(self) -> set[str]:
         return self.sample_uids() - self.dropped_uids()
+
+    # ------------------------------------------------------------------ uids as Arrow arrays
+    # The same sets as the methods above, as unique ``large_string`` Arrow arrays in no particular
+    # order: 72 B a uid (64 hex chars + an 8-byte offset) where a Python ``set[str]`` takes 147
+    # (docs/benchmarks.md, "uid sets on the Ray driver"). The Ray driver uses these; set algebra is
+    # ``pc.is_in`` (one hash table of the smaller side, built in C++).
+    def sample_uid_array(self) -> pa.Array:
+        # shard by shard: the dataset API keeps every footer it read, and a samples shard's footer
+        # carries its covered list (twice: metadata and ARROW:schema): 774 -> 370 MB peak at 1 M uids
+        chunks: list[pa.Array] = []
+        for f in self.shard_files("samples"):
+            shard = pq.ParquetFile(str(f), filesystem=self.fs, **READ_OPTIONS)
+            chunks += shard.read(columns=["uid"])["uid"].cast(pa.large_string()).chunks
+        return unique_uids(pa.chunked_array(chunks, pa.large_string()))
+
+    def dropped_uid_array(self, samples: pa.Array | None = None) -> pa.Array:
+        """:meth:`dropped_uids` as an array (``samples``: :meth:`sample_uid_array`, if at hand)."""
+        drops = self.read_table("drops", ["uid", "stage"])
+        ingest = pc.fill_null(pc.equal(drops["stage"], "ingest"), False)
+        failed = unique_uids(drops["uid"].filter(ingest))
+        samples = self.sample_uid_array() if samples is None else samples
+        failed = failed.filter(pc.invert(pc.is_in(failed, value_set=samples)))
+        others = drops["uid"].filter(pc.invert(ingest)).cast(pa.large_string())
+        return unique_uids(pa.chunked_array([*others.chunks, failed], pa.large_string()))
+
+    def live_uid_array(self) -> pa.Array:
+        samples = self.sample_uid_array()
+        dropped = self.dropped_uid_array(samples)
+        return samples.filter(pc.invert(pc.is_in(samples, value_set=dropped)))
+
+    def done_uid_array(self, stage: str, table: str | None) -> pa.Array:
+        chunks = [
+            pa.array(
+                json.loads((self.read_schema(f).metadata or {}).get(COVERED_KEY, b"[]")), pa.large_string()
+            )
+            for f in self.shard_files(table, stage)
+        ]  # one shard's covered list at a time as Python strings
+        return unique_uids(pa.chunked_array(chunks, pa.large_string()))
+
+    def todo_uids(
+        self, stage: str, table: str | None, rerun_all: bool = False
+    ) -> tuple[pa.Array, pa.Array, int]:
+        """``(live, todo, skipped)`` of a stage as arrays: todo = live not done (every live uid for a
+        ``rerun_all`` stage), skipped = how many live uids the stage already covers."""
+        live = self.live_uid_array()
+        is_done = pc.is_in(live, value_set=self.done_uid_array(stage, table))
+        skipped = int(pc.sum(is_done.cast(pa.int64())).as_py() or 0)
+        todo = live if rerun_all else live.filter(pc.invert(is_done))
+        # hand the footers' and hash tables' freed pages back to the OS: mimalloc (Arrow's default
+        # pool) keeps them, and they were most of the driver's RSS (docs/benchmarks.md)
+        pa.default_memory_pool().release_unused()
+        return live, todo, skipped
 
     # ------------------------------------------------------------------ manifest
     @property

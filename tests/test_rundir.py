@@ -87,3 +87,51 @@ def test_manifest_updates_merge(tmp_path):
     run.update_stage("ocr", status="complete", rows_in=3)
     m = run.manifest()
     assert m["recipe"] == "r" and m["stages"]["ocr"] == {"status": "complete", "rows_in": 3}
+
+
+def test_uid_arrays_equal_the_uid_sets(tmp_path):
+    """The Ray driver's Arrow arrays (RunDir.*_uid_array, todo_uids) hold the local executor's sets."""
+    from loupe.schemas.tables import SAMPLES
+
+    run = RunDir(tmp_path)
+    empty = run.todo_uids("ocr", "ocr")
+    assert [len(empty[0]), len(empty[1]), empty[2]] == [0, 0, 0]
+
+    def samples(uids):
+        rows = [
+            {"uid": u, "source": "s", "source_id": u, "image": b"x", "width": 1, "height": 1} for u in uids
+        ]
+        return pa.Table.from_pylist(rows, schema=SAMPLES)
+
+    def drops(pairs):
+        return drops_table([{"uid": u, "stage": s, "reason": "r"} for u, s in pairs])
+
+    run.commit(
+        "ingest", "samples", samples(["a", "b", "c"]), drops([("x", "ingest"), ("c", "ingest")]), "abcx"
+    )
+    run.commit("ingest", "samples", samples(["c", "d", "e", "f"]), None, "cdef")  # c: fixed by a retry
+    run.commit(
+        "exact_dedup", "dedup", None, drops([("b", "exact_dedup"), ("zz", "exact_dedup")]), ["b", "zz"]
+    )
+    run.commit("ocr", "ocr", _ocr_rows(["a"]), None, ["a", "b", "d"])
+    run.commit("ocr", "ocr", None, None, ["d", "q"])  # d twice, q not live
+    got = {
+        "samples": run.sample_uid_array(),
+        "dropped": run.dropped_uid_array(),
+        "live": run.live_uid_array(),
+        "done": run.done_uid_array("ocr", "ocr"),
+    }
+    want = {
+        "samples": run.sample_uids(),
+        "dropped": run.dropped_uids(),
+        "live": run.live_uids(),
+        "done": run.done_uids("ocr", "ocr"),
+    }
+    for k, arr in got.items():
+        assert sorted(arr.to_pylist()) == sorted(want[k]), k  # and no uid twice
+    assert want["live"] == {"a", "c", "d", "e", "f"} and want["dropped"] == {"b", "x", "zz"}
+    live, todo, skipped = run.todo_uids("ocr", "ocr")
+    assert sorted(todo.to_pylist()) == sorted(want["live"] - want["done"]) == ["c", "e", "f"]
+    assert skipped == len(want["live"] & want["done"]) == 2
+    _, todo, skipped = run.todo_uids("ocr", "ocr", rerun_all=True)
+    assert sorted(todo.to_pylist()) == sorted(live.to_pylist()) and skipped == 2

@@ -181,12 +181,11 @@ def noop_metrics(plan: Plan, sp: StagePlan) -> dict | None:
     prev = plan.run.manifest().get("stages", {}).get(sp.id, {})
     if prev.get("status") != "complete" or plan.previous_identities.get(sp.id) != plan.identities.get(sp.id):
         return None
-    live = plan.run.live_uids()
-    done = plan.run.done_uids(sp.id, sp.table)
-    if live - done:
+    _, todo, skipped = plan.run.todo_uids(sp.id, sp.table)  # Arrow arrays: lighter than sets at scale
+    if len(todo):
         return None
     extra = {"reused_from": prev["reused_from"]} if prev.get("reused_from") else {}
-    return stage_metrics(0, 0, 0, 0.0, len(done & live), table=sp.table, noop=True, **extra)
+    return stage_metrics(0, 0, 0, 0.0, skipped, table=sp.table, noop=True, **extra)
 
 
 def loupe_version() -> str:

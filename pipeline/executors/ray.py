@@ -7,7 +7,7 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
   cluster's nodes, each worker with the SSRF guard installed (:mod:`loupe.pipeline.stages.ingest.img2dataset_worker`).
 * a **per-row stage** (OCR, detect, tag, embed, caption, filters) becomes one Ray Data pipeline:
   ``read_parquet`` of the ``samples`` shards holding its todo uids → a filter task keeping the todo
-  uids (the set is broadcast once with ``ray.put``) → ``map_batches`` over an actor pool; a stage
+  uids (an Arrow array, :meth:`RunDir.todo_uids`, broadcast once with ``ray.put``) → ``map_batches`` over an actor pool; a stage
   with ``evidence`` instead reads its input joined with the evidence tables once, on the driver, by
   one streaming duckdb pass (:func:`loupe.pipeline.evidence.build_stage_input`)
   (``resources.concurrency`` actors, ``num_cpus``/``num_gpus`` each, ``batch_size`` from the stage).
@@ -257,14 +257,15 @@ def _global_task(plan: Plan, stage_id: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- driver
-def _files_with(plan: Plan, todo: set[str]) -> list[str]:
+def _files_with(plan: Plan, want: pa.Array) -> list[str]:
     """Only the samples shards that hold a todo uid (on resume most shards are skipped unread)."""
     files = []
-    want = pa.array(sorted(todo), pa.string())
     for f in plan.run.shard_files("samples"):
-        uids = pq.read_table(str(f), columns=["uid"], filesystem=plan.run.fs)["uid"]
+        # one shard at a time (its footer holds its covered list), the freed pages handed back
+        uids = pq.ParquetFile(str(f), filesystem=plan.run.fs).read(columns=["uid"])["uid"]
         if pc.any(pc.is_in(uids, value_set=want)).as_py():
             files.append(str(f))
+    pa.default_memory_pool().release_unused()
     return files
 
 
@@ -296,14 +297,13 @@ def _pool_size(sp: StagePlan, index: int) -> int:
 
 
 def start_stage(run: RunDir, sp: StagePlan, progress: Progress) -> tuple:
-    """A stage's (live, done, todo uids, baseline shard names, progress task), marked running."""
-    live = run.live_uids()
-    done = run.done_uids(sp.id, sp.table)
-    todo = live if sp.cls.rerun_all else live - done
+    """A stage's (live uids, todo uids, skipped count, baseline shard names, progress task), marked
+    running. The uids are Arrow arrays (:meth:`RunDir.todo_uids`: 72 B a uid, not a Python set's 147)."""
+    live, todo, skipped = run.todo_uids(sp.id, sp.table, sp.cls.rerun_all)
     baseline = frozenset(f.name for f in run.shard_files(sp.table, sp.id))
     task = progress.add_task(sp.id, total=len(todo), rate="", drops=0)
     run.update_stage(sp.id, status="running", table=sp.table)
-    return live, done, todo, baseline, task
+    return live, todo, skipped, baseline, task
 
 
 def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> dict:
@@ -312,7 +312,8 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
 
     run = plan.run
     t0 = time.time()
-    live, done, todo, baseline, task = start_stage(run, sp, progress)
+    live, todo, skipped, baseline, task = start_stage(run, sp, progress)
+    del live  # a map stage needs only its todo
     res = sp.config.resources
     n = rows = drops = splits = 0
     busy = 0.0
@@ -326,7 +327,7 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
             inputs = build_stage_input(run, sp.id, sp.reads, sp.evidence, todo)
             ds = ray.data.read_parquet([str(f) for f in inputs], filesystem=run.fs, num_cpus=_IO_CPUS)
         else:
-            todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
+            todo_ref = ray.put(todo)
             ds = ray.data.read_parquet(_files_with(plan, todo), filesystem=run.fs, num_cpus=_IO_CPUS)
             ds = ds.select_columns(list(sp.reads)).map_batches(
                 _keep_todo,
@@ -365,7 +366,7 @@ def run_map_stage(plan: Plan, sp: StagePlan, index: int, progress: Progress) -> 
         rows,
         drops,
         time.time() - t0,
-        len(done & live),
+        skipped,
         table=sp.table,
         executor="ray",
         actors=actors,

@@ -380,7 +380,7 @@ def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress)
 
     run = plan.run
     t0 = time.time()
-    live, done, todo, baseline, task = start_stage(run, sp, progress)
+    live, todo, skipped, baseline, task = start_stage(run, sp, progress)
     n = rows = drops = 0
     extra: dict[str, Any] = {}
     if todo:
@@ -391,8 +391,8 @@ def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress)
         # aggregator actors per shuffle (~20 s on a 2-CPU node, measured), for groups we already bound.
         ctx = ray.data.DataContext.get_current()
         saved, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        live_ref = ray.put(pa.array(sorted(live), pa.string()))
-        todo_ref = ray.put(pa.array(sorted(todo), pa.string()))
+        live_ref = ray.put(live)  # Arrow arrays (RunDir.todo_uids): value sets of pc.is_in in the tasks
+        todo_ref = ray.put(todo)
         try:
             for part in build(plan, sp, live_ref, todo_ref, len(live), baseline):
                 for r in part.to_pylist():
@@ -402,7 +402,7 @@ def run_distributed(plan: Plan, sp: StagePlan, build: Build, progress: Progress)
         finally:
             ctx.shuffle_strategy = saved
     m = stage_metrics(
-        len(todo), rows, drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
+        len(todo), rows, drops, time.time() - t0, skipped, table=sp.table, executor="ray",
         distributed=True, num_cpus=sp.config.resources.num_cpus, **extra,
     )  # fmt: skip
     if n != len(todo):

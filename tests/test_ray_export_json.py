@@ -58,6 +58,30 @@ def test_a_failed_join_leaves_the_previous_file_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_parts", "llava.json"]  # no temp file left
 
 
+def test_join_on_s3_streams_a_large_file_as_one_object(tmp_path):
+    """On a real S3 API (moto): 12 MB of fragments, more than one upload part, give one object with
+    exactly json.dumps' bytes; a join that fails leaves no half object (on S3: no object)."""
+    pytest.importorskip("moto", reason="pip install 'loupe[test]'")
+    pytest.importorskip("flask", reason="moto's server mode needs flask: pip install 'moto[server]'")
+    from s3_helpers import BUCKET, moto_s3
+
+    items = [{"id": f"u{i:04d}", "text": "x" * 4000 + "é"} for i in range(3000)]  # ~12 MB
+    with moto_s3():
+        out = open_storage(f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}")
+        parts = out.child("_parts")
+        names = [f"{k:05d}.json" for k in range(3)]
+        for k, name in enumerate(names):
+            parts.write_text(name, json_fragment(items[k * 1000 : (k + 1) * 1000], 1))
+        write_json_array(out, "llava.json", parts, names, 1)
+        assert out.read_text("llava.json") == json.dumps(items, ensure_ascii=False, indent=1)
+        assert len(json.loads(out.read_text("llava.json"))) == 3000
+        assert sorted(out.sizes("")) == ["llava.json"]  # one object, nothing else beside it
+        with pytest.raises(Exception, match="cannot write"):
+            write_json_array(out, "llava.json", parts, [*names, "00009.json"], 1)
+        # pyarrow publishes a stream when it is closed, so the storage layer deletes the key: none
+        assert not out.exists("llava.json")
+
+
 # ------------------------------------------------------------------------------ local == Ray
 RECIPE = """name: jx
 output: runs

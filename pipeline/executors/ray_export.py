@@ -22,7 +22,8 @@
 So the files are byte-for-byte the local executor's. Resume: ``export/_parts/`` is emptied when the
 export starts and deleted when it ends, and every output file is published whole, so a driver killed
 between the fragments and the concatenation leaves the previous complete file (or none), never half
-of one; the rerun (export is ``rerun_all``) rebuilds every fragment, and the concatenation reads the
+of one (a concatenation failing with an error on an object store leaves none: the storage layer
+deletes what pyarrow published on close); the rerun (export is ``rerun_all``) rebuilds every fragment, and the concatenation reads the
 fragments of this run's slices by name, so no record is written twice.
 """
 

@@ -287,7 +287,10 @@ class SemDedupConfig(StageConfig):
     )
     target_size: int | None = Field(None, ge=1, description="Pick the epsilon whose kept count is nearest.")
     keep: Literal["hard", "easy", "random"] = Field(
-        "hard", description="hard: keep farthest from centroid (paper default); easy: nearest; random."
+        "hard",
+        description="hard: keep farthest from centroid (paper default); easy: nearest; random: each cluster "
+        "shuffled by a generator seeded from `seed` and its sorted member uids (the same order in the local "
+        "and Ray executors, whatever the other clusters).",
     )
     variant: Literal["paper", "greedy"] = Field(
         "paper", description="paper: compare with all earlier members; greedy: only earlier kept ones."

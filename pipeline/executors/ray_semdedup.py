@@ -230,8 +230,9 @@ def _semdedup_group(c0: int, c1: int, files: list[str], st: Storage, eps: list[f
     sr.reset_peak_rss()
     t, order = sr.read_group(st, files, c0, c1)
     r = sr.semdedup_group(
-        t, eps, cfg["keep"], cfg["variant"], cfg["block_size"], sr.node_scratch(), cfg["spill_bytes"], order
-    )
+        t, eps, cfg["keep"], cfg["variant"], cfg["block_size"], sr.node_scratch(), cfg["spill_bytes"], order,
+        cfg["seed"],
+    )  # fmt: skip
     idx = r["idx"].to_numpy()
     uid = r["uid"]
     dup = r["duplicate_of"].to_numpy()
@@ -354,6 +355,7 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
         "variant": cfg.variant,
         "block_size": cfg.block_size,
         "spill_bytes": sr.SPILL_BYTES,
+        "seed": cfg.seed,  # keep: random shuffles each cluster by seed + its uids, as the local pass
     }
     num_cpus = sp.config.resources.num_cpus or 1
     summaries = []
@@ -415,11 +417,6 @@ def run_semdedup(plan: Plan, sp: StagePlan) -> dict:
     """The ``semdedup`` stage on Ray (see the module docstring); returns the stage's metrics."""
     from loupe.pipeline.vectors import kept_before
 
-    if sp.config.keep == "random":
-        raise LoupeError(
-            f"{sp.id}.keep: random is not supported under --executor ray (its shuffle spans clusters); "
-            "use hard or easy, or --executor local"
-        )
     run = plan.run
     t0 = time.time()
     live = run.live_uids()
@@ -484,71 +481,19 @@ def _members(batch: pa.Table, lookup: Any, model: str) -> pa.Table:
     )
 
 
-def _select_group(
-    c0: int, c1: int, files: list[str], st: Storage, run: RunDir, stage_id: str, stage_name: str, cfg: dict
-) -> tuple[int, int, int, float]:
-    """Centroids and quota of clusters [c0, c1) (as :meth:`Select._semdedup_clusters` and
-    :func:`select_per_cluster`), committed by this task. Returns (rows, drops, selected, peak RSS MB)."""
-    from loupe.pipeline.stages.select import select_per_cluster
-
-    sr.reset_peak_rss()
-    t, order = sr.read_group(st, files, c0, c1)
-    t = t.take(pa.array(order))  # sorted by (cluster, uid rank): the local sum order
-    cl = t["cluster"].to_numpy()
-    role = t["role"].to_numpy()
-    x = sr._matrix(t["vector"])
-    ids, lab = np.unique(cl, return_inverse=True)
-    cent = np.zeros((len(ids), x.shape[1]), np.float32)
-    np.add.at(cent, lab, x)
-    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
-    rows = np.flatnonzero(role > 0)
-    sim = np.einsum("ij,ij->i", x[rows], cent[lab[rows]]).astype(np.float32)
-    score = sim if cfg["score"] == "centroid_similarity" else 1.0 - sim
-    uids = t["uid"].take(pa.array(rows)).to_pylist()
-    prior = role[rows] == 2
-    keep = select_per_cluster(cl[rows], score, uids, cfg["per_cluster"], prior)
-    j = np.flatnonzero(~prior)  # rows are written for this run's samples only
-    if not len(j):
-        return 0, 0, 0, sr.peak_rss_mb()
-    out = pa.Table.from_arrays(
-        [
-            pa.array([uids[i] for i in j], pa.string()),
-            pa.array(["select"] * len(j), pa.string()),
-            pa.array(cl[rows][j], pa.int64()),
-            pa.nulls(len(j), pa.string()),
-            pa.array(sim[j], pa.float32()),
-            pa.array(keep[j], pa.bool_()),
-        ],
-        schema=DEDUP,
-    )
-    drops = drops_table(
-        [
-            {
-                "uid": uids[i],
-                "stage": stage_name,
-                "reason": "not_selected",
-                "detail": f"cluster {cl[rows][i]}: {cfg['score']} {score[i]:.4f} below the top {cfg['per_cluster']}",
-            }
-            for i in j
-            if not keep[i]
-        ]
-    )
-    run.commit(stage_id, "dedup", out, drops, [uids[i] for i in j])
-    return out.num_rows, drops.num_rows, int(keep[j].sum()), sr.peak_rss_mb()
-
-
 def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     """``select`` with SemDeDup's clusters on Ray: one task per group of clusters computes their
-    centroids (over every member, removed duplicates included) and quota and commits. ``None`` when
-    the stage needs the single-task path (``clusters: kmeans``, ``score: clip_score``, or ``auto``
-    without SemDeDup clusters for every sample)."""
+    centroids (over every member, removed duplicates included) and quota and commits
+    (:func:`~loupe.pipeline.executors.ray_select.select_group`). ``clusters: kmeans``, and ``auto``
+    without SemDeDup clusters for every sample, run :func:`~loupe.pipeline.executors.ray_select.run_select_kmeans`."""
     import ray
 
+    from loupe.pipeline.executors.ray_select import check_text, run_select_kmeans, select_group
     from loupe.pipeline.vectors import kept_before
 
     cfg = sp.config
-    if cfg.clusters == "kmeans" or cfg.score == "clip_score":
-        return None
+    if cfg.clusters == "kmeans":
+        return run_select_kmeans(plan, sp)
     run = plan.run
     t0 = time.time()
     live = run.live_uids()
@@ -566,12 +511,13 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     has = pc.is_in(rows["uid"], value_set=d["uid"])
     if not pc.all(has).as_py():
         if cfg.clusters == "auto":
-            return None
+            return run_select_kmeans(plan, sp)
         missing = rows["uid"].filter(pc.invert(has))
         raise RecipeError(
             f"{sp.id}: clusters: semdedup needs a semdedup stage before select ({len(missing)} samples have "
             f"no SemDeDup cluster, e.g. {missing[0]}); or set clusters: kmeans"
         )
+    check_text(run, sp.id, cfg.score, model)
     d = d.take(pc.sort_indices(d["uid"]))  # members in uid order: the order the local sums run in
     pos = pc.index_in(rows["uid"], value_set=d["uid"]).to_numpy(zero_copy_only=False)
     r = np.zeros(d.num_rows, np.int8)
@@ -589,15 +535,16 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     files, sizes = sr.spill_by_cluster(ds, st, "assign", k)
     checkpoint("assigned", stage=sp.id)
     groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
-    opts = {"score": cfg.score, "per_cluster": cfg.per_cluster}
+    opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model}
     args = (files, st, run, sp.id, sp.cls.name, opts)
     n_rows = n_drops = selected = 0
     peak = 0.0
     with closing(
-        sr.map_groups(_select_group, groups, args, sp.config.resources.num_cpus or 1, retries=0)
+        sr.map_groups(select_group, groups, args, sp.config.resources.num_cpus or 1, retries=0)
     ) as it:
-        for _, (a, b, c, rss) in it:
-            n_rows, n_drops, selected, peak = n_rows + a, n_drops + b, selected + c, max(peak, rss)
+        for _, r in it:
+            n_rows, n_drops, selected = n_rows + r["rows"], n_drops + r["drops"], selected + r["selected"]
+            peak = max(peak, r["peak_rss_mb"])
             checkpoint("group_committed", stage=sp.id)
     have = set(rows["uid"].to_pylist())
     missing = [u for u in batch if u not in have]
@@ -622,7 +569,7 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
 
 def run_vector_stage(plan: Plan, sp: StagePlan) -> dict | None:
     """The stage's metrics when it has a distributed form here, else ``None`` (run it as one task)."""
-    if sp.cls.name == "semdedup" and sp.config.keep != "random":
+    if sp.cls.name == "semdedup":
         return run_semdedup(plan, sp)
     if sp.cls.name == "select":
         return run_select(plan, sp)

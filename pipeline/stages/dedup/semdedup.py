@@ -5,7 +5,10 @@ ARCHITECTURE.md "Faithful definitions" states it:
 
 1. spherical k-means (faiss) puts every vector in a cluster;
 2. inside a cluster, members are ordered by cosine distance to the centroid, farthest first for the
-   default ``keep="hard"`` (nearest first for ``"easy"``, shuffled for ``"random"``);
+   default ``keep="hard"`` (nearest first for ``"easy"``, shuffled for ``"random"``: Loupe seeds each
+   cluster's shuffle from the recipe seed and the cluster's sorted uids, :func:`cluster_rng`, so it
+   does not depend on the order clusters are visited and the Ray executor's per-group tasks give the
+   local pass's order; before, one generator shuffled the clusters in turn);
 3. with ``S`` the members' cosine-similarity matrix in that order, ``M[j] = max_{i<j} S[i, j]`` over
    **all** earlier members (removed or not; the release's ``triu(S, 1).max(0)``), and member ``j`` is
    removed when ``M[j] > 1 - eps``.
@@ -18,6 +21,7 @@ earlier *kept* members) is offered as an option and is not the paper's rule.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -116,13 +120,39 @@ def centroid_similarity(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray
     return np.einsum("nd,nd->n", x, centroids[labels]).astype(np.float32)
 
 
-def _cluster_order(members: np.ndarray, sim: np.ndarray, keep: Keep, rng: np.random.Generator) -> np.ndarray:
-    """Members in SemDeDup order. Cosine distance is 1 - sim; a stable sort keeps ties by index."""
+def cluster_rng(seed: int, uids: Sequence[str]) -> np.random.Generator:
+    """The ``keep: random`` generator of one cluster: seeded by the recipe seed and a digest of the
+    cluster's sorted member uids, so the shuffle depends on the cluster's members only (not on the
+    other clusters, their order, or which process visits them): the local and Ray executors agree."""
+    digest = hashlib.sha256("\n".join(sorted(uids)).encode()).digest()
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, *np.frombuffer(digest[:16], np.uint32).tolist()])
+
+
+def random_order(members: np.ndarray, uids: Sequence[str], seed: int) -> np.ndarray:
+    """``members`` (with their ``uids``) shuffled for ``keep: random``: the members sorted by uid, then
+    permuted by :func:`cluster_rng` (a function of the seed and the member set only)."""
+    by_uid = np.argsort(np.asarray(uids, dtype=object).astype(str), kind="stable")
+    return np.asarray(members)[by_uid][cluster_rng(seed, uids).permutation(len(members))]
+
+
+def _cluster_order(
+    members: np.ndarray,
+    sim: np.ndarray,
+    keep: Keep,
+    rng: np.random.Generator,
+    uids: Sequence[str] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Members in SemDeDup order. Cosine distance is 1 - sim; a stable sort keeps ties by index.
+    ``keep="random"`` with ``uids`` (all rows') shuffles per cluster (:func:`random_order`); without,
+    draws from the shared ``rng`` (the release's behaviour, used by :func:`semdedup_naive`)."""
     if keep == "hard":  # farthest from the centroid first: the paper's default
         return members[np.argsort(sim[members], kind="stable")]
     if keep == "easy":
         return members[np.argsort(-sim[members], kind="stable")]
     if keep == "random":
+        if uids is not None:
+            return random_order(members, [uids[int(i)] for i in members], seed)
         return rng.permutation(members)
     raise ValueError(f"keep={keep!r}; valid: hard, easy, random")
 
@@ -204,11 +234,14 @@ def semdedup_clusters(
     block_size: int = 4096,
     seed: int = 0,
     kept_before: np.ndarray | None = None,
+    uids: Sequence[str] | None = None,
 ) -> SemDedupResult:
     """SemDeDup given a clustering (``labels`` and each vector's cosine similarity to its centroid).
 
     ``kept_before`` (bool mask) marks vectors kept by an earlier, committed run: they go first in
     their cluster's order and are never removed, so new vectors are judged against them.
+    ``uids`` (one per row): with ``keep="random"`` each cluster is shuffled by its own generator
+    (:func:`cluster_rng`: seed + the cluster's uids), not by one generator shared across clusters.
     """
     x = _as_unit(x)
     n = len(x)
@@ -226,7 +259,7 @@ def semdedup_clusters(
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     for members in np.split(order, bounds) if n else []:
-        ordered = _cluster_order(members, similarity, keep, rng)
+        ordered = _cluster_order(members, similarity, keep, rng, uids, seed)
         if kept_before is not None:
             ordered = ordered[np.argsort(~kept_before[ordered], kind="stable")]
         xc = x[ordered]

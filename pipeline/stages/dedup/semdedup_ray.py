@@ -42,9 +42,9 @@ oversize cluster is a node-local file (:func:`node_scratch`): it lives as long a
 
 Results equal :func:`~.semdedup.spherical_kmeans` + :func:`~.semdedup.semdedup_clusters` on the
 same vectors in ``idx`` order, bit for bit: raw vectors travel, and each task normalises rows and
-orders members (by ``idx`` first) exactly as the local pass does. ``keep="random"`` is refused: the
-local rule shuffles with one generator across clusters in order, which a per-cluster task cannot
-reproduce.
+orders members (by ``idx`` first) exactly as the local pass does. ``keep="random"`` needs a ``uid``
+column: each cluster is shuffled by its own generator, seeded from ``seed`` and its sorted member uids
+(:func:`~.semdedup.random_order`), in the group task as in the local pass.
 """
 
 from __future__ import annotations
@@ -390,16 +390,21 @@ def rule_one_cluster(
     spill_dir: Path | None = None,
     spill_bytes: int = SPILL_BYTES,
     vectors: tuple[Any, np.ndarray] | None = None,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """SemDeDup inside one cluster whose rows ``t`` are sorted by ``idx``: the same steps as
     :func:`~.semdedup.semdedup_clusters` for one label. Returns, per row of ``t``: M[j], the row of
     the earlier member reaching it (-1 for none), and the (rows, eps) removed mask; plus the order.
     ``vectors``: ``(column, rows)`` when ``t`` has no ``vector`` column, its rows' vectors being
-    ``column.take(rows)`` (a view of the spill files: a big cluster is never materialised whole)."""
+    ``column.take(rows)`` (a view of the spill files: a big cluster is never materialised whole).
+    ``keep="random"``: shuffled by :func:`~.semdedup.random_order` of ``t``'s uids and ``seed``."""
     m = t.num_rows
     sim = t["similarity"].to_numpy().astype(np.float32, copy=False)
     prior = t["prior"].to_numpy(zero_copy_only=False).astype(bool) if "prior" in t.column_names else None
-    ordered = _cluster_order(np.arange(m), sim, keep, np.random.default_rng(0))
+    if keep == "random" and "uid" not in t.column_names:
+        raise ValueError("keep: random needs the rows' uid column (the shuffle is seeded by them)")
+    uids = t["uid"].to_pylist() if keep == "random" else None
+    ordered = _cluster_order(np.arange(m), sim, keep, np.random.default_rng(0), uids, seed)
     if prior is not None:
         ordered = ordered[np.argsort(~prior[ordered], kind="stable")]
     vec, rows = vectors if vectors is not None else (t["vector"], np.arange(m))
@@ -448,6 +453,7 @@ def semdedup_group(
     spill_dir: Path | None = None,
     spill_bytes: int = SPILL_BYTES,
     order: np.ndarray | None = None,
+    seed: int = 0,
 ) -> pa.Table:
     """The rule over every cluster of a group. ``t`` sorted by (cluster, idx), or ``t`` and ``order``
     from :func:`read_group` (then each cluster's vectors are taken from ``t`` one cluster at a time,
@@ -471,7 +477,9 @@ def semdedup_group(
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         sub = t.slice(a, b - a)
         view = (src, order[a:b]) if src is not None and order is not None else None
-        bst, arg, rem, _ = rule_one_cluster(sub, eps, keep, variant, block_size, spill_dir, spill_bytes, view)
+        bst, arg, rem, _ = rule_one_cluster(
+            sub, eps, keep, variant, block_size, spill_dir, spill_bytes, view, seed
+        )
         best[a:b], removed[a:b] = bst, rem
         dup[a:b] = np.where(arg >= 0, idx[a:b][np.maximum(arg, 0)], -1)
         rep[a + int(np.lexsort((idx[a:b], -sim[a:b]))[0])] = True
@@ -492,12 +500,12 @@ def semdedup_group(
 
 def _group_task(
     st: Storage, files: list[str], c0: int, c1: int, eps: list[float], keep: Keep, variant: Variant,
-    block_size: int, spill_bytes: int,
+    block_size: int, spill_bytes: int, seed: int = 0,
 ) -> pa.Table:  # fmt: skip
     """One group's results; the schema metadata carries the task's rows and peak RSS (``loupe.task``)."""
     reset_peak_rss()
     t, order = read_group(st, files, c0, c1)
-    r = semdedup_group(t, eps, keep, variant, block_size, node_scratch(), spill_bytes, order)
+    r = semdedup_group(t, eps, keep, variant, block_size, node_scratch(), spill_bytes, order, seed)
     task = {"rows": t.num_rows, "peak_rss_mb": peak_rss_mb()}
     return r.replace_schema_metadata({b"loupe.task": json.dumps(task).encode()})
 
@@ -568,10 +576,8 @@ def semdedup_ray(
     cluster sizes). The kept sets equal :func:`~.semdedup.spherical_kmeans` +
     :func:`~.semdedup.semdedup_clusters` on the same vectors in ``idx`` order.
     """
-    if keep == "random":
-        raise ValueError(
-            "keep: random is not supported under Ray (its shuffle spans clusters); use hard or easy"
-        )
+    if keep == "random" and (ds is None or "uid" not in ds.schema().names):
+        raise ValueError("keep: random needs a uid column in ds (each cluster's shuffle is seeded by its uids)")
     eps = _epsilons(epsilons)
     cent = train_centroids(
         ds, n, n_clusters, kmeans_iters, seed, use_gpu, max_points_per_centroid, num_cpus, num_gpus
@@ -579,7 +585,7 @@ def semdedup_ray(
     st = open_storage(scratch, "scratch")
     files, sizes = spill_by_cluster(ds, st, "assign", len(cent), centroids=cent, rows_per_file=rows_per_file)
     groups = cluster_groups(sizes, group_rows(sizes, block_size, min_group_rows))
-    args = (eps, keep, variant, block_size, spill_bytes)
+    args = (eps, keep, variant, block_size, spill_bytes, seed)
 
     def results() -> Iterator[pa.Table]:
         for _, t in map_groups(_group_task_args, groups, (st, files, *args), num_cpus):

@@ -11,6 +11,12 @@ Samples without an image embedding (no ``embed`` stage ran on them) are kept and
 brings new samples clusters them together with the samples this stage kept before; those come
 first in their cluster's order and stay kept, so only new samples can be removed (as duplicates of
 old or new ones). Cluster ids of such a run are offset past the earlier ones.
+
+``keep: random`` shuffles each cluster with its own generator, seeded from the recipe ``seed`` and a
+digest of the cluster's sorted member uids (:func:`~.semdedup.cluster_rng`): the order depends only
+on the cluster's members, so the Ray executor's per-group tasks give the local result. (Until
+2026-11 one generator shuffled the clusters in turn, so ``random`` results of older runs differ, and
+``--executor ray`` refused ``random``.)
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class SemDedupStage(Stage):
         eps_all = sorted({cfg.epsilon, *cfg.epsilons})
         res = semdedup_clusters(
             vec.matrix, km.labels, km.similarity, eps_all, cfg.keep, cfg.variant, cfg.block_size, cfg.seed,
-            kept_before=~new,
+            kept_before=~new, uids=vec.uids,
         )  # fmt: skip
         t2 = time.time()
         eps = pick_epsilon(res, cfg.target_size) if cfg.target_size else cfg.epsilon

@@ -1,0 +1,232 @@
+"""``select`` under ``--executor ray``: one task per group of clusters, for every cluster source and score.
+
+The cluster-group machinery is SemDeDup's (:mod:`loupe.pipeline.stages.dedup.semdedup_ray`): vectors
+spilled by cluster to Arrow IPC files through the run's storage, one task per group of consecutive
+clusters reading only its clusters' record batches. What differs by configuration:
+
+* ``clusters: semdedup`` (:func:`~loupe.pipeline.executors.ray_semdedup.run_select`): each sample's
+  cluster is the one SemDeDup recorded; a group task recomputes each centroid as the normalised mean
+  of all its members (removed duplicates included), as :meth:`Select._semdedup_clusters` does;
+* ``clusters: kmeans`` (:func:`run_select_kmeans`, and ``auto`` without SemDeDup clusters): spherical
+  k-means into ``n_clusters`` on faiss's own sample in one task
+  (:func:`~loupe.pipeline.stages.dedup.semdedup_ray.train_centroids`: the local
+  :func:`~loupe.pipeline.stages.dedup.semdedup.spherical_kmeans`'s centroids), every vector assigned
+  by the spill map (cluster + cosine to its centroid, the local values row by row); the group task
+  also finds each cluster's representative (highest cosine, ties by input position) and returns the
+  ``clusters`` rows, which the driver writes once every group committed;
+* ``score: clip_score``: the group task reads its members' text vectors of the image vectors' model
+  (:func:`~loupe.pipeline.vectors.load_vectors`, a filtered read of the ``embeddings`` shards) and
+  scores image · text per row, as :meth:`Select._score` does; samples without text rank last.
+
+:func:`select_group` is the one rule for all of them: :func:`~loupe.pipeline.stages.select.select_per_cluster`
+per cluster (independent across clusters, ties by uid, earlier selections first), so a group's rows
+are the local stage's rows for those clusters (tests/test_ray_select.py compares every source and score).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loupe.pipeline.errors import RecipeError
+from loupe.pipeline.executors.plan import Plan, StagePlan, stage_metrics
+from loupe.pipeline.rundir import RunDir
+from loupe.pipeline.stages.dedup import semdedup_ray as sr
+from loupe.pipeline.storage import Storage
+from loupe.pipeline.vectors import batch_digest
+from loupe.schemas.tables import CLUSTERS, DEDUP, drops_table
+
+
+def _score(kind: str, run: RunDir, uids: list[str], x: np.ndarray, sim: np.ndarray, model: str) -> np.ndarray:
+    """As :meth:`loupe.pipeline.stages.select.Select._score`, for the rows ``uids`` (vectors ``x``)."""
+    if kind == "centroid_similarity":
+        return sim
+    if kind == "centroid_distance":
+        return 1.0 - sim
+    from loupe.pipeline.vectors import load_vectors
+
+    text = load_vectors(run, uids, "text", model=model)
+    out = np.full(len(uids), -np.inf, np.float32)
+    if text.uids:
+        pos = {u: i for i, u in enumerate(uids)}
+        rows = np.array([pos[u] for u in text.uids])
+        out[rows] = np.einsum("ij,ij->i", x[rows], text.matrix)
+    return out
+
+
+def check_text(run: RunDir, stage_id: str, score: str, model: str) -> None:
+    """``score: clip_score`` without any text vector of ``model``: the local stage's recipe error."""
+    if score != "clip_score":
+        return
+    t = run.read_table("embeddings", ["model", "kind"])
+    if not pc.any(pc.and_(pc.equal(t["kind"], "text"), pc.equal(t["model"], model))).as_py():
+        raise RecipeError(
+            f"{stage_id}: score: clip_score needs text embeddings of {model!r}; add "
+            "`text: true` to the embed stage (backend: open_clip) or use score: centroid_similarity"
+        )
+
+
+def select_group(
+    c0: int, c1: int, files: list[str], st: Storage, run: RunDir, stage_id: str, stage_name: str, cfg: dict
+) -> dict:
+    """The quota of clusters [c0, c1), committed by this task: ``dedup`` rows and ``not_selected``
+    drops of this run's samples. Spill rows carry ``role`` (0: member only, 1: this run's sample, 2:
+    selected by an earlier run) and, from k-means, ``similarity`` (else the centroids are the members'
+    normalised means). Returns counts, peak RSS and, per cluster, ``[cluster, size, representative]``."""
+    from loupe.pipeline.stages.select import select_per_cluster
+
+    sr.reset_peak_rss()
+    t, order = sr.read_group(st, files, c0, c1)
+    t = t.take(pa.array(order))  # sorted by (cluster, idx): the local order (sums, ties)
+    cl = t["cluster"].to_numpy()
+    role = t["role"].to_numpy()
+    x = sr._matrix(t["vector"])
+    rows = np.flatnonzero(role > 0)
+    if "similarity" in t.column_names:  # k-means: the assignment's cosine to the centroid
+        sim_all = t["similarity"].to_numpy().astype(np.float32, copy=False)
+        sim = sim_all[rows]
+    else:  # SemDeDup's clusters: centroid = normalised mean of every member
+        ids, lab = np.unique(cl, return_inverse=True)
+        cent = np.zeros((len(ids), x.shape[1]), np.float32)
+        np.add.at(cent, lab, x)
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        sim = np.einsum("ij,ij->i", x[rows], cent[lab[rows]]).astype(np.float32)
+        sim_all = None
+    uids = t["uid"].take(pa.array(rows)).to_pylist()
+    score = _score(cfg["score"], run, uids, x[rows], sim, cfg["model"])
+    prior = role[rows] == 2
+    keep = select_per_cluster(cl[rows], score, uids, cfg["per_cluster"], prior)
+    clusters = []
+    if sim_all is not None:  # the clusters rows: size and the member nearest the centroid
+        idx = t["idx"].to_numpy()
+        all_uids = t["uid"]
+        bounds = np.r_[0, np.flatnonzero(np.diff(cl)) + 1, len(cl)]
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            best = a + int(np.lexsort((idx[a:b], -sim_all[a:b]))[0])
+            clusters.append([int(cl[a]), b - a, all_uids[best].as_py()])
+    off = cfg.get("offset", 0)
+    j = np.flatnonzero(~prior)  # rows are written for this run's samples only
+    out = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0, "clusters": clusters}
+    if len(j):
+        cluster = cl[rows][j] + off
+        dedup = pa.Table.from_arrays(
+            [
+                pa.array([uids[i] for i in j], pa.string()),
+                pa.array(["select"] * len(j), pa.string()),
+                pa.array(cluster, pa.int64()),
+                pa.nulls(len(j), pa.string()),
+                pa.array(sim[j], pa.float32()),
+                pa.array(keep[j], pa.bool_()),
+            ],
+            schema=DEDUP,
+        )
+        drops = drops_table(
+            [
+                {
+                    "uid": uids[i],
+                    "stage": stage_name,
+                    "reason": "not_selected",
+                    "detail": f"cluster {c}: {cfg['score']} {score[i]:.4f} below the top {cfg['per_cluster']}",
+                }
+                for i, c in zip(j.tolist(), cluster.tolist())
+                if not keep[i]
+            ]
+        )
+        run.commit(stage_id, "dedup", dedup, drops, [uids[i] for i in j])
+        out.update(rows=dedup.num_rows, drops=drops.num_rows, selected=int(keep[j].sum()))
+    out["peak_rss_mb"] = sr.peak_rss_mb()
+    return out
+
+
+def _with_role(batch: pa.Table, n_prior: int) -> pa.Table:
+    """Vector rows (``_vectors_of``) with ``role`` 2 for earlier selections, 1 for this run's samples."""
+    role = pc.if_else(pc.less(batch["idx"], pa.scalar(n_prior, pa.int64())), 2, 1).cast(pa.int8())
+    return batch.drop_columns(["prior"]).append_column("role", role)
+
+
+def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
+    """``select`` with a k-means of its own on Ray (see the module docstring); the stage's metrics."""
+    from loupe.pipeline.executors.ray_semdedup import (
+        _cluster_offset,
+        _drop_scratch,
+        checkpoint,
+        ordered_input,
+        scratch_dir,
+        vector_dataset,
+    )
+    from loupe.pipeline.vectors import kept_before
+
+    cfg = sp.config
+    run = plan.run
+    t0 = time.time()
+    live = run.live_uids()
+    done = run.done_uids(sp.id, sp.table)
+    todo = live - done
+    batch = sorted(todo)
+    earlier = kept_before(plan.context(sp.id), sp.table, batch)
+    rows, model = ordered_input(run, earlier, batch, sp.id)
+    n = rows.num_rows
+    n_prior = int(pc.sum(rows["prior"].cast(pa.int64())).as_py() or 0)
+    if model is None or n == n_prior:
+        raise RecipeError(
+            f"{sp.id}: no image embeddings for the {len(batch)} live samples; add an `embed` stage before `select`"
+        )
+    check_text(run, sp.id, cfg.score, model)
+    run.update_stage(sp.id, status="running", table=sp.table)
+    ds = vector_dataset(run, rows, model)
+    res = cfg.resources
+    cent = sr.train_centroids(ds, n, cfg.n_clusters, cfg.kmeans_iters, cfg.seed, "auto", 256,
+                              res.num_cpus, res.num_gpus)  # fmt: skip
+    t1 = time.time()
+    ds = ds.map_batches(_with_role, fn_kwargs={"n_prior": n_prior}, batch_format="pyarrow")
+    scratch = scratch_dir(run, sp.id)
+    st = run.storage.child(scratch)
+    st.delete_dir("assign")  # a killed run's spill: select keeps no state across runs
+    files, sizes = sr.spill_by_cluster(ds, st, "assign", len(cent), centroids=cent)
+    checkpoint("assigned", stage=sp.id)
+    groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
+    prefix = f"{sp.id}-{batch_digest(batch)}"
+    offset = _cluster_offset(run, sp.id, prefix)
+    opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model, "offset": offset}
+    args = (files, st, run, sp.id, sp.cls.name, opts)
+    n_rows = n_drops = selected = 0
+    peak = 0.0
+    clusters: list[list] = []
+    with closing(sr.map_groups(select_group, groups, args, res.num_cpus or 1, retries=0)) as it:
+        for _, r in it:
+            n_rows, n_drops, selected = n_rows + r["rows"], n_drops + r["drops"], selected + r["selected"]
+            peak = max(peak, r["peak_rss_mb"])
+            clusters += r["clusters"]
+            checkpoint("group_committed", stage=sp.id)
+    run.write_table(
+        "clusters",
+        pa.Table.from_pylist(
+            [{"method": "select", "cluster": offset + c, "size": m, "representative": u}
+             for c, m, u in sorted(clusters)],
+            schema=CLUSTERS,
+        ),
+        stage=prefix,
+    )  # fmt: skip
+    have = set(rows["uid"].to_pylist())
+    missing = [u for u in batch if u not in have]
+    if missing:  # no vector to rank: dropped, as the local stage does
+        drops = drops_table(
+            [{"uid": u, "stage": sp.cls.name, "reason": "no_embedding", "detail": "no image vector to cluster"}
+             for u in missing]
+        )  # fmt: skip
+        run.commit(sp.id, "dedup", None, drops, missing)
+        n_drops += len(missing)
+    _drop_scratch(run, scratch, sp.id)
+    m = stage_metrics(
+        len(todo), n_rows, n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=selected, clusters=len(cent),
+        cluster_source="kmeans", compared_with_earlier=len(earlier), embedding_model=model,
+        kmeans_seconds=round(t1 - t0, 3), cluster_tasks=len(groups), largest_cluster=int(sizes.max()),
+        largest_task_peak_rss_mb=peak,
+    )  # fmt: skip
+    run.update_stage(sp.id, status="complete", **m)
+    return m

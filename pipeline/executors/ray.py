@@ -18,15 +18,15 @@ How a recipe runs here (``loupe run recipe.yaml --executor ray [--address auto]`
 * ``exact_dedup`` and ``phash_dedup`` run as Ray Data shuffles (sha256 partitions; band-LSH buckets,
   then components labelled by distributed star contraction, then groups of components) whose tasks
   commit their own shards (:mod:`loupe.pipeline.executors.ray_dedup`); the driver only sums count rows.
-* **semdedup** and **select** (per SemDeDup cluster) run distributed (:mod:`loupe.pipeline.executors.ray_semdedup`):
+* **semdedup** (every ``keep``) and **select** (every cluster source and score) run distributed
+  (:mod:`loupe.pipeline.executors.ray_semdedup`, :mod:`loupe.pipeline.executors.ray_select`):
   k-means on a sample in one task, assignment as a ``map_batches`` that spills vectors by cluster,
   then one task per group of clusters that commits its own rows; no process holds every vector.
 * ``export`` builds slices and writes its shard files in parallel tasks, the index last; the
   single-JSON files (llava_json / llava_plain_json / mg_llava_boxes) are joined from per-slice
   fragments by one streaming task each, published whole (:mod:`loupe.pipeline.executors.ray_export`).
-* any other **global stage** (select with ``clusters: kmeans`` or ``clip_score``; semdedup with
-  ``keep: random``) runs as one Ray task with
-  the stage's ``num_cpus``/``num_gpus``: the same code as the local executor, on a worker.
+* any other **global stage** (none of the built-in ones today) runs as one Ray task with the stage's
+  ``num_cpus``/``num_gpus``: the same code as the local executor, on a worker.
 
 Exactly-once: commits follow the run-dir protocol (``loupe.pipeline.rundir``), so a killed job's
 rerun skips every committed uid (except for ``rerun_all`` stages such as export, which see every live

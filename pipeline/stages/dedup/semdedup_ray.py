@@ -577,7 +577,9 @@ def semdedup_ray(
     :func:`~.semdedup.semdedup_clusters` on the same vectors in ``idx`` order.
     """
     if keep == "random" and (ds is None or "uid" not in ds.schema().names):
-        raise ValueError("keep: random needs a uid column in ds (each cluster's shuffle is seeded by its uids)")
+        raise ValueError(
+            "keep: random needs a uid column in ds (each cluster's shuffle is seeded by its uids)"
+        )
     eps = _epsilons(epsilons)
     cent = train_centroids(
         ds, n, n_clusters, kmeans_iters, seed, use_gpu, max_points_per_centroid, num_cpus, num_gpus

@@ -166,3 +166,50 @@ def test_cluster_groups_hold_at_most_the_largest_cluster():
     assert groups == [(0, 3), (3, 4), (4, 9)]
     assert all(sizes[a:b].sum() <= 9 for a, b in groups)
     assert sorted(c for a, b in groups for c in range(a, b) if sizes[c]) == list(np.flatnonzero(sizes))
+
+
+def test_spill_files_read_back_only_a_group_s_clusters_locally_and_on_an_object_store(tmp_path):
+    """The same spill rows through a local folder (one record batch, binary search on a memory map)
+    and an object store (one record batch per cluster, named in the footer; fsspec's memory://):
+    every cluster range reads back exactly its rows, in the same order."""
+    pytest.importorskip("fsspec")
+    import uuid
+
+    from loupe.pipeline.stages.dedup.semdedup_ray import CLUSTERS_KEY, _spill_block, read_group
+    from loupe.pipeline.storage import open_storage
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    cl = rng.choice([0, 2, 3, 7, 8], 300)  # clusters 1, 4-6 empty
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)
+    batch = pa.table(
+        {"idx": np.arange(300), "uid": [f"u{i}" for i in range(300)], "vector": vec, "cluster": cl}
+    )
+    stores = {
+        "local": open_storage(tmp_path / "run"),
+        "object": open_storage(f"memory://loupe-{uuid.uuid4().hex[:8]}"),
+    }
+    files: dict[str, list[str]] = {}
+    for name, st in stores.items():
+        files[name] = [
+            _spill_block(batch.slice(a, 100), st, "assign", None)["file"][0].as_py()
+            for a in range(0, 300, 100)
+        ]
+    meta = pa.ipc.open_file(
+        stores["object"].fs.open_input_file(stores["object"].key(files["object"][0]))
+    ).metadata
+    assert CLUSTERS_KEY in meta and len(stores["object"].read_bytes(files["object"][0])) > 0
+    assert not pa.ipc.open_file(str(stores["local"].key(files["local"][0]))).metadata  # one batch, no index
+    for c0, c1 in [(0, 1), (1, 3), (2, 8), (3, 9), (4, 7), (9, 12)]:
+        want = np.sort(np.flatnonzero((cl >= c0) & (cl < c1)))
+        got = {}
+        for name, st in stores.items():
+            t, order = read_group(st, files[name], c0, c1)
+            got[name] = (
+                t.take(pa.array(order)).select(["idx", "uid", "vector", "cluster"]) if len(want) else t
+            )
+            if len(want):
+                assert np.array_equal(np.sort(t["idx"].to_numpy()), want), (name, c0, c1)
+            else:
+                assert t.num_rows == 0
+        assert got["local"].equals(got["object"]), (c0, c1)

@@ -273,3 +273,25 @@ def test_ray_on_s3_spills_through_the_store_and_survives_a_driver_sigkill(tmp_pa
             assert run.storage.read_bytes(f"export/{f}") == (local.run.path / "export" / f).read_bytes(), f
         assert _keys(run, "_scratch") == [] and run.storage.info("_scratch").type == pafs.FileType.NotFound
     assert not node.exists()  # nothing on a node's disk
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_scratch_in_flight_and_removed_through_the_storage(tmp_path, where):
+    """A batch's scratch folder is in flight only with its batch.arrow; a folder a killed start left
+    without one is swept; removing the last batch leaves no _scratch (local folder and object store)."""
+    if where == "memory":
+        pytest.importorskip("fsspec")
+    import uuid
+
+    run = RunDir(tmp_path / "run" if where == "local" else f"memory://loupe-{uuid.uuid4().hex[:8]}")
+    run.write_text("manifest.json", "{}")
+    s = ray_semdedup._start(run, "semdedup", ["b", "c"], ["a"])
+    run.storage.write_bytes("_scratch/semdedup/deadbeef/assign/x.arrow", b"partial")  # a killed start
+    (got,) = ray_semdedup.Scratch.inflight(run, "semdedup")
+    assert got.rel == s.rel and got.batch()["uid"].to_pylist() == ["a", "b", "c"]
+    assert run.storage.subdirs("_scratch/semdedup") == [s.rel.rsplit("/", 1)[1]]
+    got.put_json("assign.json", {"files": []})
+    assert got.json("assign.json") == {"files": []} and got.json("missing.json") is None
+    got.remove()
+    assert ray_semdedup.Scratch.inflight(run, "semdedup") == [] and run.storage.empty("_scratch")
+    assert run.storage.info("_scratch").type == pafs.FileType.NotFound

@@ -158,10 +158,16 @@ class Scratch:
 
     @classmethod
     def inflight(cls, run: RunDir, stage: str) -> list[Scratch]:
+        """The stage's batches in flight; a folder without ``batch.arrow`` (a start or a removal
+        that was killed) is deleted."""
         d = scratch_dir(run, stage)
-        return [
-            cls(run, stage, x) for x in run.storage.subdirs(d) if run.storage.exists(f"{d}/{x}/batch.arrow")
-        ]
+        out = []
+        for x in run.storage.subdirs(d):
+            if run.storage.exists(f"{d}/{x}/batch.arrow"):
+                out.append(cls(run, stage, x))
+            else:
+                _drop_scratch(run, f"{d}/{x}", stage)
+        return out
 
     def batch(self) -> pa.Table:
         return sr.read_ipc(self.st, "batch.arrow")

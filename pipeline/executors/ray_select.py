@@ -142,6 +142,56 @@ def select_group(
     return out
 
 
+def run_groups(sp: StagePlan, groups: list[tuple[int, int]], args: tuple) -> dict:
+    """:func:`select_group` over every group (tasks that commit: no retry); the summed counts."""
+    from loupe.pipeline.executors import ray_semdedup
+
+    tot: dict = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0, "clusters": []}
+    with closing(
+        sr.map_groups(select_group, groups, args, sp.config.resources.num_cpus or 1, retries=0)
+    ) as it:
+        for _, r in it:
+            for k in ("rows", "drops", "selected", "clusters"):
+                tot[k] += r[k]
+            tot["peak_rss_mb"] = max(tot["peak_rss_mb"], r["peak_rss_mb"])
+            ray_semdedup.checkpoint("group_committed", stage=sp.id)
+    return tot
+
+
+def drop_missing(run: RunDir, sp: StagePlan, batch: list[str], rows: pa.Table) -> int:
+    """Samples of ``batch`` without an image vector (not in ``rows``): dropped as ``no_embedding``,
+    as the local stage does. Returns how many."""
+    have = set(rows["uid"].to_pylist())
+    missing = [u for u in batch if u not in have]
+    if missing:
+        drops = drops_table(
+            [{"uid": u, "stage": sp.cls.name, "reason": "no_embedding", "detail": "no image vector to cluster"}
+             for u in missing]
+        )  # fmt: skip
+        run.commit(sp.id, "dedup", None, drops, missing)
+    return len(missing)
+
+
+def select_input(plan: Plan, sp: StagePlan) -> tuple:
+    """The live, done and todo uids, the batch (todo sorted), the samples selected before, and the
+    ordered ``(uid, prior)`` rows with an image vector of the chosen model (the local stage's input)."""
+    from loupe.pipeline.executors.ray_semdedup import ordered_input
+    from loupe.pipeline.vectors import kept_before
+
+    run = plan.run
+    live = run.live_uids()
+    done = run.done_uids(sp.id, sp.table)
+    todo = live - done
+    batch = sorted(todo)
+    earlier = kept_before(plan.context(sp.id), sp.table, batch)
+    rows, model = ordered_input(run, earlier, batch, sp.id)
+    if model is None or rows.num_rows == int(pc.sum(rows["prior"].cast(pa.int64())).as_py() or 0):
+        raise RecipeError(
+            f"{sp.id}: no image embeddings for the {len(batch)} live samples; add an `embed` stage before `select`"
+        )
+    return live, done, todo, batch, earlier, rows, model
+
+
 def _with_role(batch: pa.Table, n_prior: int) -> pa.Table:
     """Vector rows (``_vectors_of``) with ``role`` 2 for earlier selections, 1 for this run's samples."""
     role = pc.if_else(pc.less(batch["idx"], pa.scalar(n_prior, pa.int64())), 2, 1).cast(pa.int8())
@@ -154,27 +204,16 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
         _cluster_offset,
         _drop_scratch,
         checkpoint,
-        ordered_input,
         scratch_dir,
         vector_dataset,
     )
-    from loupe.pipeline.vectors import kept_before
 
     cfg = sp.config
     run = plan.run
     t0 = time.time()
-    live = run.live_uids()
-    done = run.done_uids(sp.id, sp.table)
-    todo = live - done
-    batch = sorted(todo)
-    earlier = kept_before(plan.context(sp.id), sp.table, batch)
-    rows, model = ordered_input(run, earlier, batch, sp.id)
+    live, done, todo, batch, earlier, rows, model = select_input(plan, sp)
     n = rows.num_rows
     n_prior = int(pc.sum(rows["prior"].cast(pa.int64())).as_py() or 0)
-    if model is None or n == n_prior:
-        raise RecipeError(
-            f"{sp.id}: no image embeddings for the {len(batch)} live samples; add an `embed` stage before `select`"
-        )
     check_text(run, sp.id, cfg.score, model)
     run.update_stage(sp.id, status="running", table=sp.table)
     ds = vector_dataset(run, rows, model)
@@ -192,41 +231,24 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
     prefix = f"{sp.id}-{batch_digest(batch)}"
     offset = _cluster_offset(run, sp.id, prefix)
     opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model, "offset": offset}
-    args = (files, st, run, sp.id, sp.cls.name, opts)
-    n_rows = n_drops = selected = 0
-    peak = 0.0
-    clusters: list[list] = []
-    with closing(sr.map_groups(select_group, groups, args, res.num_cpus or 1, retries=0)) as it:
-        for _, r in it:
-            n_rows, n_drops, selected = n_rows + r["rows"], n_drops + r["drops"], selected + r["selected"]
-            peak = max(peak, r["peak_rss_mb"])
-            clusters += r["clusters"]
-            checkpoint("group_committed", stage=sp.id)
+    tot = run_groups(sp, groups, (files, st, run, sp.id, sp.cls.name, opts))
     run.write_table(
         "clusters",
         pa.Table.from_pylist(
             [{"method": "select", "cluster": offset + c, "size": m, "representative": u}
-             for c, m, u in sorted(clusters)],
+             for c, m, u in sorted(tot["clusters"])],
             schema=CLUSTERS,
         ),
         stage=prefix,
     )  # fmt: skip
-    have = set(rows["uid"].to_pylist())
-    missing = [u for u in batch if u not in have]
-    if missing:  # no vector to rank: dropped, as the local stage does
-        drops = drops_table(
-            [{"uid": u, "stage": sp.cls.name, "reason": "no_embedding", "detail": "no image vector to cluster"}
-             for u in missing]
-        )  # fmt: skip
-        run.commit(sp.id, "dedup", None, drops, missing)
-        n_drops += len(missing)
+    n_drops = tot["drops"] + drop_missing(run, sp, batch, rows)
     _drop_scratch(run, scratch, sp.id)
     m = stage_metrics(
-        len(todo), n_rows, n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
-        num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=selected, clusters=len(cent),
+        len(todo), tot["rows"], n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=tot["selected"], clusters=len(cent),
         cluster_source="kmeans", compared_with_earlier=len(earlier), embedding_model=model,
         kmeans_seconds=round(t1 - t0, 3), cluster_tasks=len(groups), largest_cluster=int(sizes.max()),
-        largest_task_peak_rss_mb=peak,
+        largest_task_peak_rss_mb=tot["peak_rss_mb"],
     )  # fmt: skip
     run.update_stage(sp.id, status="complete", **m)
     return m

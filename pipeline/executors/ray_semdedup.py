@@ -494,24 +494,20 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     without SemDeDup clusters for every sample, run :func:`~loupe.pipeline.executors.ray_select.run_select_kmeans`."""
     import ray
 
-    from loupe.pipeline.executors.ray_select import check_text, run_select_kmeans, select_group
-    from loupe.pipeline.vectors import kept_before
+    from loupe.pipeline.executors.ray_select import (
+        check_text,
+        drop_missing,
+        run_groups,
+        run_select_kmeans,
+        select_input,
+    )
 
     cfg = sp.config
     if cfg.clusters == "kmeans":
         return run_select_kmeans(plan, sp)
     run = plan.run
     t0 = time.time()
-    live = run.live_uids()
-    done = run.done_uids(sp.id, sp.table)
-    todo = live - done
-    batch = sorted(todo)
-    earlier = kept_before(plan.context(sp.id), sp.table, batch)
-    rows, model = ordered_input(run, earlier, batch, sp.id)
-    if model is None or rows.num_rows == int(pc.sum(rows["prior"].cast(pa.int64())).as_py() or 0):
-        raise RecipeError(
-            f"{sp.id}: no image embeddings for the {len(batch)} live samples; add an `embed` stage before `select`"
-        )
+    live, done, todo, batch, earlier, rows, model = select_input(plan, sp)
     d = run.read_table("dedup", ["uid", "method", "cluster"])
     d = d.filter(pc.and_(pc.equal(d["method"], "semdedup"), pc.is_valid(d["cluster"])))
     has = pc.is_in(rows["uid"], value_set=d["uid"])
@@ -543,31 +539,15 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
     opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model}
     args = (files, st, run, sp.id, sp.cls.name, opts)
-    n_rows = n_drops = selected = 0
-    peak = 0.0
-    with closing(
-        sr.map_groups(select_group, groups, args, sp.config.resources.num_cpus or 1, retries=0)
-    ) as it:
-        for _, r in it:
-            n_rows, n_drops, selected = n_rows + r["rows"], n_drops + r["drops"], selected + r["selected"]
-            peak = max(peak, r["peak_rss_mb"])
-            checkpoint("group_committed", stage=sp.id)
-    have = set(rows["uid"].to_pylist())
-    missing = [u for u in batch if u not in have]
-    if missing:  # no vector to rank: dropped, as the local stage does
-        drops = drops_table(
-            [{"uid": u, "stage": sp.cls.name, "reason": "no_embedding", "detail": "no image vector to cluster"}
-             for u in missing]
-        )  # fmt: skip
-        run.commit(sp.id, "dedup", None, drops, missing)
-        n_drops += len(missing)
+    tot = run_groups(sp, groups, args)
+    n_drops = tot["drops"] + drop_missing(run, sp, batch, rows)
     _drop_scratch(run, scratch, sp.id)
     res = sp.config.resources
     m = stage_metrics(
-        len(todo), n_rows, n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
-        num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=selected, clusters=int((sizes > 0).sum()),
+        len(todo), tot["rows"], n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
+        num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=tot["selected"], clusters=int((sizes > 0).sum()),
         cluster_source="semdedup", compared_with_earlier=len(earlier), embedding_model=model,
-        cluster_tasks=len(groups), largest_cluster=int(sizes.max()), largest_task_peak_rss_mb=peak,
+        cluster_tasks=len(groups), largest_cluster=int(sizes.max()), largest_task_peak_rss_mb=tot["peak_rss_mb"],
     )  # fmt: skip
     run.update_stage(sp.id, status="complete", **m)
     return m

@@ -5,11 +5,15 @@
 Vectors (512-d, unit, around 200 topics, 1 % planted near-copies of a row in the same block) are
 generated inside Ray tasks block by block, so the driver never holds them; the result is streamed
 group by group and only counted. k = N / ``--cluster-size``, so the mean cluster is the same at
-every N and a task's memory should stay flat while N grows. Worker memory is sampled every 0.2 s over
-every ``ray::`` process this driver's Ray started (psutil; RSS, and USS: the private pages without
-the object store's shared mmaps), also per process title (``ray::<task or actor>``) to name the
+every N and a task's memory should stay flat while N grows. Per task: each group task reports its
+own peak RSS (``VmHWM`` reset at its start, in a worker of its own) and each assignment batch its
+peak since the previous batch of its (reused) worker, with the object-store pages that worker holds
+mapped (``RssShmem``: shared, left by earlier tasks such as the k-means sample filter, so growing
+with k, not with the batch). Worker memory is also sampled every 0.2 s over every ``ray::`` process
+this driver's Ray started (psutil; RSS, and USS: pages mapped by that process alone, which includes
+object-store pages no other process maps), per process title (``ray::<task or actor>``) to name the
 role that holds it; the driver's is its own ``ru_maxrss``. Each N runs in a fresh subprocess so the
-driver peaks are not shared. Spill files go under ``--scratch`` (N x 2 KB at 512-d).
+driver peaks are not shared. Spill files go under ``--scratch`` (N x 2 KB at 512-d, float32).
 """
 
 from __future__ import annotations
@@ -36,13 +40,16 @@ def _gen(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(int(idx[0]) if len(idx) else 0)
     topics = np.random.default_rng(0).standard_normal((200, D)).astype(np.float32)
     topics /= np.linalg.norm(topics, axis=1, keepdims=True)
-    x = topics[rng.integers(0, 200, len(idx))] + rng.standard_normal((len(idx), D)).astype(np.float32) * (
+    # float32 throughout, as embeddings are stored (a NumPy float64 scale would promote to float64
+    # and double every spill file and block; python floats do not promote)
+    x = topics[rng.integers(0, 200, len(idx))] + rng.standard_normal((len(idx), D), np.float32) * float(
         1.3 / np.sqrt(D)
     )
     n_dup = len(idx) // 100
     if n_dup:
         src = rng.integers(0, len(idx) - n_dup, n_dup)
-        x[-n_dup:] = x[src] + rng.standard_normal((n_dup, D)).astype(np.float32) * (0.2 / np.sqrt(D))
+        x[-n_dup:] = x[src] + rng.standard_normal((n_dup, D), np.float32) * float(0.2 / np.sqrt(D))
+    assert x.dtype == np.float32
     return {"idx": idx, "vector": x}
 
 
@@ -88,7 +95,10 @@ def one(n: int, cluster_size: int, iters: int, cpus: int, scratch: str | None) -
     rows = removed = 0
     tasks: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="semray", dir=scratch) as where:
-        out, _, sizes = semdedup_ray(ds, n, k, [0.05], where, kmeans_iters=iters, seed=1234, use_gpu="auto")
+        stats: dict = {}
+        out, _, sizes = semdedup_ray(
+            ds, n, k, [0.05], where, kmeans_iters=iters, seed=1234, use_gpu="auto", stats=stats
+        )
         for b in out:
             tasks.append(json.loads(b.schema.metadata[b"loupe.task"]))
             rows += b.num_rows
@@ -110,6 +120,7 @@ def one(n: int, cluster_size: int, iters: int, cpus: int, scratch: str | None) -
         "group_tasks": len(tasks),
         "largest_group_task_rows": max(t["rows"] for t in tasks),
         "largest_group_task_peak_rss_mb": max(t["peak_rss_mb"] for t in tasks),
+        **stats,
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "largest_worker_peak_rss_mb": round(max(peaks.values(), default=0) / 2**20, 1),
         "largest_worker_peak_uss_mb": round(max(uss.values(), default=0) / 2**20, 1),

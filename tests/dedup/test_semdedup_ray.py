@@ -5,6 +5,9 @@ greedy variant."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,14 +15,18 @@ from ray_helpers import private_ray
 
 from loupe.pipeline.stages.dedup.semdedup import semdedup_clusters, semdedup_naive, spherical_kmeans
 from loupe.pipeline.stages.dedup.semdedup_ray import (
+    _spill_block,
     cluster_groups,
+    read_group,
     sample_indices,
     semdedup_group,
     semdedup_ray,
 )
+from loupe.pipeline.storage import open_storage
 
 EPS = [0.02, 0.1, 0.2]
 K = 8
+_POOLS: list = []  # Arrow memory pools used as the default by a test, kept alive
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -213,3 +220,71 @@ def test_spill_files_read_back_only_a_group_s_clusters_locally_and_on_an_object_
             else:
                 assert t.num_rows == 0
         assert got["local"].equals(got["object"]), (c0, c1)
+
+
+@pytest.mark.parametrize("list_type", [pa.list_, pa.large_list])
+def test_group_task_copies_a_cluster_not_the_group(planted, tmp_path, list_type):
+    """read_group returns exactly the rows of its clusters, and the rule over them (what a group task
+    runs) gives the in-memory result while Arrow never holds more than a few clusters' vectors:
+    Arrow's take on a chunked list column concatenates every chunk first, so each cluster used to
+    copy the whole group's vectors (and a cluster too big for memory was copied whole)."""
+    st = open_storage(tmp_path, "scratch")
+    x = planted[:1200]
+    labels = np.arange(len(x)) % 20
+    files = []
+    for a in range(0, len(x), 300):  # 4 spill files, each sorted by cluster, as the assignment writes
+        vec = pa.array(list(x[a : a + 300]), list_type(pa.float32()))  # as the embeddings table holds it
+        batch = pa.table(
+            {
+                "idx": pa.array(np.arange(a, a + 300), pa.int64()),
+                "vector": vec,
+                "similarity": pa.array(np.linspace(0, 1, 300), pa.float32()),
+                "cluster": pa.array(labels[a : a + 300], pa.int64()),
+            }
+        )
+        files.append(_spill_block(batch, st, "assign", None)["file"][0].as_py())
+    t, order = read_group(st, files, 1, 20)
+    sorted_t = t.take(pa.array(order))
+    want = np.lexsort((np.arange(len(x)), labels))
+    want = want[labels[want] >= 1]
+    assert np.array_equal(sorted_t["idx"].to_numpy(), want)
+    assert np.array_equal(np.asarray(sorted_t["vector"].combine_chunks().flatten()).reshape(-1, 64), x[want])
+    before = pa.default_memory_pool()
+    pool = pa.proxy_memory_pool(before)
+    _POOLS.append(pool)  # buffers it allocated free through it: it must outlive them
+    pa.set_memory_pool(pool)
+    try:
+        got = semdedup_group(t, EPS, "hard", "paper", 16, tmp_path / "big", 1 << 30, order)
+    finally:
+        pa.set_memory_pool(before)
+    assert 0 < pool.max_memory() < t.num_rows * 64 * 4 / 4  # the group is 19 clusters
+    assert got.equals(semdedup_group(sorted_t.combine_chunks(), EPS, "hard", "paper", 16))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_read_group_keeps_no_spill_file_mapped_unless_the_group_is_too_big(planted, tmp_path):
+    """A local group read copies its rows and unmaps each spill file (each map kept the pages the
+    task faulted in resident: a task grew with the number of files, i.e. with N); past
+    ``own_bytes`` (a cluster too big for memory) the rows stay views of the maps."""
+    st = open_storage(tmp_path, "scratch")
+    x = planted[:900]
+    files = []
+    for a in range(0, len(x), 300):
+        batch = pa.table(
+            {
+                "idx": pa.array(np.arange(a, a + 300), pa.int64()),
+                "vector": pa.array(list(x[a : a + 300]), pa.list_(pa.float32())),
+                "similarity": pa.array(np.zeros(300), pa.float32()),
+                "cluster": pa.array(np.arange(300) % 3, pa.int64()),
+            }
+        )
+        files.append(str(tmp_path / _spill_block(batch, st, "assign", None)["file"][0].as_py()))
+
+    def mapped() -> int:
+        maps = Path("/proc/self/maps").read_text()
+        return sum(f in maps for f in files)
+
+    t, _ = read_group(st, [Path(f).relative_to(tmp_path).as_posix() for f in files], 1, 3)
+    assert t.num_rows == 600 and mapped() == 0
+    views, _ = read_group(st, [Path(f).relative_to(tmp_path).as_posix() for f in files], 1, 3, own_bytes=0)
+    assert views.equals(t) and mapped() == 3

@@ -97,15 +97,29 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (MB) since :func:`reset_peak_rss` (``VmHWM``; ``ru_maxrss``
-    off Linux): at the start of a group task, so a task's figure is its own."""
+def _status_mb(key: str) -> float | None:
+    """A ``/proc/self/status`` figure in MB (None off Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
+    return None
+
+
+def shm_rss_mb() -> float:
+    """This process's resident shared-memory pages (MB, ``RssShmem``): in a Ray worker, the object
+    store's pages it has touched, which stay mapped (and in its RSS) after the objects are gone."""
+    return _status_mb("RssShmem") or 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (MB) since :func:`reset_peak_rss` (``VmHWM``; ``ru_maxrss``
+    off Linux): at the start of a group task, so a task's figure is its own."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -277,11 +291,15 @@ def _spill_block(batch: pa.Table, where: Storage, prefix: str, centroids: Any) -
     rel = f"{prefix}/{uuid.uuid4().hex}.arrow"
     if batch.num_rows:
         write_ipc(batch, where, rel, by_cluster=not where.local)
+    peak, shm = peak_rss_mb(), shm_rss_mb()
+    reset_peak_rss()  # Ray Data reuses the worker: its next batch counts from here
     return pa.table(
         {
             "file": [rel if batch.num_rows else ""],
             "clusters": pa.array([c.tolist()], pa.list_(pa.int64())),
             "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
+            "peak_rss_mb": [peak],
+            "shm_mb": [shm],
         }
     )
 
@@ -294,6 +312,7 @@ def spill_by_cluster(
     centroids: np.ndarray | None = None,
     rows_per_file: int | None = None,
     num_cpus: float = 1,
+    stats: dict | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Write ``ds`` to spill files ``<prefix>/*.arrow`` of the storage ``where`` (a run dir's
     scratch folder, local or on an object store), each sorted by cluster; returns (their paths
@@ -301,6 +320,9 @@ def spill_by_cluster(
 
     ``centroids``: assign each row to the nearest; ``None``: ``ds`` has a ``cluster`` column already.
     The driver only streams back one small row per file and sums the (k,) cluster sizes.
+    ``stats``: filled with the largest peak RSS of one assignment batch (``VmHWM`` from the end of
+    the worker's previous batch, the fused read included) and its worker's object-store pages
+    (``RssShmem``: part of that RSS, but shared and left by earlier tasks of the reused worker).
     """
     import ray
 
@@ -314,6 +336,7 @@ def spill_by_cluster(
     )
     files: list[str] = []
     sizes = np.zeros(n_clusters, np.int64)
+    peaks: list[tuple[float, float]] = []
     for part in out.iter_batches(batch_size=None, batch_format="pyarrow"):
         for f, c, m in zip(
             part["file"].to_pylist(), part["clusters"].to_pylist(), part["counts"].to_pylist()
@@ -321,6 +344,11 @@ def spill_by_cluster(
             if f:
                 files.append(f)
             np.add.at(sizes, np.asarray(c, np.int64), np.asarray(m, np.int64))
+        peaks += zip(part["peak_rss_mb"].to_pylist(), part["shm_mb"].to_pylist())
+    if stats is not None and peaks:
+        stats["assign_tasks"] = len(peaks)
+        stats["assign_peak_rss_mb"], stats["assign_shm_mb"] = max(peaks)
+        stats["assign_peak_rss_mb_without_shm"] = max(p - m for p, m in peaks)
     return sorted(files), sizes
 
 
@@ -344,16 +372,28 @@ def group_rows(sizes: np.ndarray, block_size: int = 0, minimum: int | None = Non
     return max(int(sizes.max()) if len(sizes) else 0, GROUP_ROWS if minimum is None else minimum, block_size)
 
 
-def read_group(st: Storage, files: Sequence[str], c0: int, c1: int) -> tuple[pa.Table, np.ndarray]:
+def _owned(t: pa.Table) -> pa.Table:
+    """``t`` copied into buffers of its own (``take`` always allocates): none refers to a memory map."""
+    return t.take(pa.array(np.arange(t.num_rows, dtype=np.int64)))
+
+
+def read_group(
+    st: Storage, files: Sequence[str], c0: int, c1: int, own_bytes: int = SPILL_BYTES
+) -> tuple[pa.Table, np.ndarray]:
     """The rows of clusters ``[c0, c1)`` from every spill file (paths relative to ``st``), and their
     order by (cluster, idx).
 
     A file with :data:`CLUSTERS_KEY` in its footer (an object store's): only the record batches of
     ``[c0, c1)`` are fetched (``get_batch``, one ranged GET each). A file of one record batch (a local
     folder's): memory-mapped, its cluster range found by binary search on the sorted ``cluster``
-    column; the rows are zero-copy slices (Arrow keeps a map alive while a buffer of it is
-    referenced: a row's vector is read from disk only when a task takes it).
+    column. Its rows are copied out and the file unmapped before the next is opened, up to
+    ``own_bytes`` in all; past that (a group holding a cluster too big for memory) they stay
+    zero-copy slices (Arrow keeps a map alive while a buffer of it is referenced: a row's vector is
+    read from disk only when a task takes it). A map keeps every page the task faulted in resident,
+    ~3.4 MB per spill file here (binary search, footer and the slice's edges), so views of all
+    files made a task grow with their number, N / ``rows_per_file`` (docs/benchmarks.md).
     """
+    owned = 0
     parts = []
     for f in files:
         with _open_ipc(st, f) as src:
@@ -368,7 +408,12 @@ def read_group(st: Storage, files: Sequence[str], c0: int, c1: int) -> tuple[pa.
                 cl = t["cluster"].chunk(0).to_numpy() if t.num_rows else np.zeros(0, np.int64)
                 a, b = np.searchsorted(cl, [c0, c1], side="left")
                 if b > a:
-                    parts.append(t.slice(int(a), int(b - a)))
+                    part = t.slice(int(a), int(b - a))
+                    if st.local and owned + part.nbytes <= own_bytes:
+                        owned += part.nbytes
+                        part = _owned(part)
+                    parts.append(part)
+                del t, cl  # with no view of it kept, the file is unmapped here
     if not parts:
         return pa.table({}), np.zeros(0, np.int64)
     t = pa.concat_tables(parts)
@@ -376,13 +421,32 @@ def read_group(st: Storage, files: Sequence[str], c0: int, c1: int) -> tuple[pa.
 
 
 # ------------------------------------------------------------------------------ 3. the rule per cluster
+def _take_matrix(vec: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (in that order) of a vector column as float32 ``(len(rows), d)``, taken chunk by
+    chunk. Arrow's ``take`` on a chunked list column concatenates every chunk first: on a group
+    task's view of the spill files (one chunk per file and cluster) that copied the whole group's
+    vectors for every cluster, and a cluster past ``spill_bytes`` whole for every ``block_size`` rows."""
+    if not isinstance(vec, pa.ChunkedArray) or vec.num_chunks <= 1:
+        return _matrix(vec.take(pa.array(rows)))
+    starts = np.cumsum([0] + [len(c) for c in vec.chunks])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    out: np.ndarray | None = None
+    for ci in np.unique(which).tolist():
+        sel = np.flatnonzero(which == ci)
+        m = _matrix(vec.chunk(ci).take(pa.array(rows[sel] - starts[ci])))
+        if out is None:
+            out = np.empty((len(rows), m.shape[1]), np.float32)
+        out[sel] = m
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
 def _spilled_unit(vec: Any, ordered: np.ndarray, path: Path, chunk: int) -> np.ndarray:
     """Unit rows ``ordered`` of the vector column ``vec`` in a ``.npy`` memory map, chunk by chunk
     (the column may be a view of the spill files: only ``chunk`` rows are in memory at a time)."""
-    d = _matrix(vec.take(pa.array(ordered[:1]))).shape[1]
+    d = _take_matrix(vec, ordered[:1]).shape[1]
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(ordered), d))
     for a in range(0, len(ordered), chunk):
-        out[a : a + chunk] = _as_unit(_matrix(vec.take(pa.array(ordered[a : a + chunk]))))
+        out[a : a + chunk] = _as_unit(_take_matrix(vec, ordered[a : a + chunk]))
     out.flush()
     return np.load(path, mmap_mode="r")
 
@@ -414,13 +478,13 @@ def rule_one_cluster(
     if prior is not None:
         ordered = ordered[np.argsort(~prior[ordered], kind="stable")]
     vec, rows = vectors if vectors is not None else (t["vector"], np.arange(m))
-    big = spill_dir is not None and m * _matrix(vec.take(pa.array(rows[:1]))).shape[1] * 4 > spill_bytes
+    big = spill_dir is not None and m * _take_matrix(vec, rows[:1]).shape[1] * 4 > spill_bytes
     if big:
         assert spill_dir is not None
         spill_dir.mkdir(parents=True, exist_ok=True)
         xc = _spilled_unit(vec, rows[ordered], spill_dir / f"{uuid.uuid4().hex}.npy", block_size)
     else:
-        xc = _as_unit(_matrix(vec.take(pa.array(rows)) if vectors is not None else vec))[ordered]
+        xc = _as_unit(_take_matrix(vec, rows) if vectors is not None else _matrix(vec))[ordered]
     best = np.full(m, -np.inf, np.float32)
     arg = np.full(m, -1, np.int64)
     removed = np.zeros((m, len(eps)), bool)
@@ -574,13 +638,15 @@ def semdedup_ray(
     spill_bytes: int = SPILL_BYTES,
     rows_per_file: int | None = None,
     min_group_rows: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[Iterator[pa.Table], np.ndarray, np.ndarray]:
     """SemDeDup of the ``n`` vectors of ``ds`` (``idx`` = 0..n-1), spilling under ``scratch`` (a
     folder, an object-store URI or a :class:`~loupe.pipeline.storage.Storage`).
 
     Returns (an iterator of per-group result tables, see :func:`semdedup_group`; the centroids; the
     cluster sizes). The kept sets equal :func:`~.semdedup.spherical_kmeans` +
-    :func:`~.semdedup.semdedup_clusters` on the same vectors in ``idx`` order.
+    :func:`~.semdedup.semdedup_clusters` on the same vectors in ``idx`` order. ``stats``: filled
+    with the assignment batches' peak memory (:func:`spill_by_cluster`).
     """
     if keep == "random" and (ds is None or "uid" not in ds.schema().names):
         raise ValueError(
@@ -591,7 +657,9 @@ def semdedup_ray(
         ds, n, n_clusters, kmeans_iters, seed, use_gpu, max_points_per_centroid, num_cpus, num_gpus
     )
     st = open_storage(scratch, "scratch")
-    files, sizes = spill_by_cluster(ds, st, "assign", len(cent), centroids=cent, rows_per_file=rows_per_file)
+    files, sizes = spill_by_cluster(
+        ds, st, "assign", len(cent), centroids=cent, rows_per_file=rows_per_file, stats=stats
+    )
     groups = cluster_groups(sizes, group_rows(sizes, block_size, min_group_rows))
     args = (eps, keep, variant, block_size, spill_bytes, seed)
 

@@ -11,9 +11,10 @@ clusters reading only its clusters' record batches. What differs by configuratio
   k-means into ``n_clusters`` on faiss's own sample in one task
   (:func:`~loupe.pipeline.stages.dedup.semdedup_ray.train_centroids`: the local
   :func:`~loupe.pipeline.stages.dedup.semdedup.spherical_kmeans`'s centroids), every vector assigned
-  by the spill map (cluster + cosine to its centroid, the local values row by row); the group task
-  also finds each cluster's representative (highest cosine, ties by input position) and returns the
-  ``clusters`` rows, which the driver writes once every group committed;
+  by the spill map (cluster + cosine to its centroid, the local values row by row), which also
+  reports each block's member nearest each centroid: the driver merges them (O(k)) and writes the
+  ``clusters`` rows (size, representative: highest cosine, ties by input position) before any group
+  commits, as the local stage writes them before its rows;
 * ``score: clip_score``: the group task reads its members' text vectors of the image vectors' model
   (:func:`~loupe.pipeline.vectors.load_vectors`, a filtered read of the ``embeddings`` shards) and
   scores image · text per row, as :meth:`Select._score` does; samples without text rank last.
@@ -76,7 +77,7 @@ def select_group(
     """The quota of clusters [c0, c1), committed by this task: ``dedup`` rows and ``not_selected``
     drops of this run's samples. Spill rows carry ``role`` (0: member only, 1: this run's sample, 2:
     selected by an earlier run) and, from k-means, ``similarity`` (else the centroids are the members'
-    normalised means). Returns counts, peak RSS and, per cluster, ``[cluster, size, representative]``."""
+    normalised means). Returns the counts and the task's peak RSS."""
     from loupe.pipeline.stages.select import select_per_cluster
 
     sr.reset_peak_rss()
@@ -87,30 +88,20 @@ def select_group(
     x = sr._matrix(t["vector"])
     rows = np.flatnonzero(role > 0)
     if "similarity" in t.column_names:  # k-means: the assignment's cosine to the centroid
-        sim_all = t["similarity"].to_numpy().astype(np.float32, copy=False)
-        sim = sim_all[rows]
+        sim = t["similarity"].to_numpy().astype(np.float32, copy=False)[rows]
     else:  # SemDeDup's clusters: centroid = normalised mean of every member
         ids, lab = np.unique(cl, return_inverse=True)
         cent = np.zeros((len(ids), x.shape[1]), np.float32)
         np.add.at(cent, lab, x)
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         sim = np.einsum("ij,ij->i", x[rows], cent[lab[rows]]).astype(np.float32)
-        sim_all = None
     uids = t["uid"].take(pa.array(rows)).to_pylist()
     score = _score(cfg["score"], run, uids, x[rows], sim, cfg["model"])
     prior = role[rows] == 2
     keep = select_per_cluster(cl[rows], score, uids, cfg["per_cluster"], prior)
-    clusters = []
-    if sim_all is not None:  # the clusters rows: size and the member nearest the centroid
-        idx = t["idx"].to_numpy()
-        all_uids = t["uid"]
-        bounds = np.r_[0, np.flatnonzero(np.diff(cl)) + 1, len(cl)]
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            best = a + int(np.lexsort((idx[a:b], -sim_all[a:b]))[0])
-            clusters.append([int(cl[a]), b - a, all_uids[best].as_py()])
     off = cfg.get("offset", 0)
     j = np.flatnonzero(~prior)  # rows are written for this run's samples only
-    out = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0, "clusters": clusters}
+    out = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0}
     if len(j):
         cluster = cl[rows][j] + off
         dedup = pa.Table.from_arrays(
@@ -146,12 +137,12 @@ def run_groups(sp: StagePlan, groups: list[tuple[int, int]], args: tuple) -> dic
     """:func:`select_group` over every group (tasks that commit: no retry); the summed counts."""
     from loupe.pipeline.executors import ray_semdedup
 
-    tot: dict = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0, "clusters": []}
+    tot: dict = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0}
     with closing(
         sr.map_groups(select_group, groups, args, sp.config.resources.num_cpus or 1, retries=0)
     ) as it:
         for _, r in it:
-            for k in ("rows", "drops", "selected", "clusters"):
+            for k in ("rows", "drops", "selected"):
                 tot[k] += r[k]
             tot["peak_rss_mb"] = max(tot["peak_rss_mb"], r["peak_rss_mb"])
             ray_semdedup.checkpoint("group_committed", stage=sp.id)
@@ -225,22 +216,24 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
     scratch = scratch_dir(run, sp.id)
     st = run.storage.child(scratch)
     st.delete_dir("assign")  # a killed run's spill: select keeps no state across runs
-    files, sizes = sr.spill_by_cluster(ds, st, "assign", len(cent), centroids=cent)
+    nearest: dict[int, tuple[float, int, str]] = {}
+    files, sizes = sr.spill_by_cluster(ds, st, "assign", len(cent), centroids=cent, nearest=nearest)
     checkpoint("assigned", stage=sp.id)
     groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
     prefix = f"{sp.id}-{batch_digest(batch)}"
     offset = _cluster_offset(run, sp.id, prefix)
     opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model, "offset": offset}
-    tot = run_groups(sp, groups, (files, st, run, sp.id, sp.cls.name, opts))
+    # the clusters rows first, as the local stage writes them before its rows are committed
     run.write_table(
         "clusters",
         pa.Table.from_pylist(
-            [{"method": "select", "cluster": offset + c, "size": m, "representative": u}
-             for c, m, u in sorted(tot["clusters"])],
+            [{"method": "select", "cluster": offset + c, "size": int(sizes[c]), "representative": nearest[c][2]}
+             for c in np.flatnonzero(sizes)],
             schema=CLUSTERS,
         ),
         stage=prefix,
     )  # fmt: skip
+    tot = run_groups(sp, groups, (files, st, run, sp.id, sp.cls.name, opts))
     n_drops = tot["drops"] + drop_missing(run, sp, batch, rows)
     _drop_scratch(run, scratch, sp.id)
     m = stage_metrics(

@@ -288,6 +288,14 @@ def _spill_block(batch: pa.Table, where: Storage, prefix: str, centroids: Any) -
     order = np.lexsort((batch["idx"].to_numpy(), labels))
     batch = batch.take(pa.array(order))
     c, counts = np.unique(labels, return_counts=True)
+    best: dict[str, list] = {"best_sim": [], "best_idx": [], "best_uid": []}
+    if centroids is not None and "uid" in batch.column_names and batch.num_rows:
+        # each cluster's member nearest the centroid here (highest cosine, ties by lowest idx)
+        lab, sim, idx = batch["cluster"].to_numpy(), batch["similarity"].to_numpy(), batch["idx"].to_numpy()
+        o = np.lexsort((idx, -sim, lab))
+        first = o[np.r_[True, lab[o][1:] != lab[o][:-1]]]
+        best = {"best_sim": sim[first].tolist(), "best_idx": idx[first].tolist(),
+                "best_uid": batch["uid"].take(pa.array(first)).to_pylist()}  # fmt: skip
     rel = f"{prefix}/{uuid.uuid4().hex}.arrow"
     if batch.num_rows:
         write_ipc(batch, where, rel, by_cluster=not where.local)
@@ -300,6 +308,9 @@ def _spill_block(batch: pa.Table, where: Storage, prefix: str, centroids: Any) -
             "counts": pa.array([counts.tolist()], pa.list_(pa.int64())),
             "peak_rss_mb": [peak],
             "shm_mb": [shm],
+            "best_sim": pa.array([best["best_sim"]], pa.list_(pa.float32())),
+            "best_idx": pa.array([best["best_idx"]], pa.list_(pa.int64())),
+            "best_uid": pa.array([best["best_uid"]], pa.list_(pa.string())),
         }
     )
 
@@ -313,6 +324,7 @@ def spill_by_cluster(
     rows_per_file: int | None = None,
     num_cpus: float = 1,
     stats: dict | None = None,
+    nearest: dict[int, tuple[float, int, str]] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Write ``ds`` to spill files ``<prefix>/*.arrow`` of the storage ``where`` (a run dir's
     scratch folder, local or on an object store), each sorted by cluster; returns (their paths
@@ -323,6 +335,9 @@ def spill_by_cluster(
     ``stats``: filled with the largest peak RSS of one assignment batch (``VmHWM`` from the end of
     the worker's previous batch, the fused read included) and its worker's object-store pages
     (``RssShmem``: part of that RSS, but shared and left by earlier tasks of the reused worker).
+    ``nearest`` (with ``centroids`` and a ``uid`` column): filled with each cluster's member nearest
+    its centroid, ``cluster -> (-cosine, idx, uid)`` (the smallest over the files: highest cosine, ties
+    by lowest idx, as :func:`~.semdedup.representatives`), O(k) on the driver.
     """
     import ray
 
@@ -345,6 +360,13 @@ def spill_by_cluster(
                 files.append(f)
             np.add.at(sizes, np.asarray(c, np.int64), np.asarray(m, np.int64))
         peaks += zip(part["peak_rss_mb"].to_pylist(), part["shm_mb"].to_pylist())
+        if nearest is not None:
+            for c, bs, bi, bu in zip(
+                *(part[k].to_pylist() for k in ("clusters", "best_sim", "best_idx", "best_uid"))
+            ):
+                for key, cand in zip(c, zip((-x for x in bs), bi, bu)):
+                    if key not in nearest or cand < nearest[key]:
+                        nearest[key] = cand
     if stats is not None and peaks:
         stats["assign_tasks"] = len(peaks)
         stats["assign_peak_rss_mb"], stats["assign_shm_mb"] = max(peaks)

@@ -163,9 +163,31 @@ def drop_missing(run: RunDir, sp: StagePlan, batch: list[str], rows: pa.Table) -
     return len(missing)
 
 
+class NothingToDo(Exception):
+    """Every live sample is already covered by the stage's committed shards: a driver killed after the
+    last group's commit, before the stage was marked complete, left nothing to compute."""
+
+    def __init__(self, skipped: int):
+        super().__init__(f"nothing to do: {skipped} samples already done")
+        self.skipped = skipped
+
+    def finish(self, plan: Plan, sp: StagePlan, t0: float) -> dict:
+        """Mark the stage complete with 0 new samples (what the local executor records for an empty todo),
+        the killed run's spill removed."""
+        from loupe.pipeline.executors.ray_semdedup import _drop_scratch, scratch_dir
+
+        _drop_scratch(plan.run, scratch_dir(plan.run, sp.id), sp.id)
+        res = sp.config.resources
+        m = stage_metrics(0, 0, 0, time.time() - t0, self.skipped, table=sp.table, executor="ray",
+                          num_cpus=res.num_cpus, num_gpus=res.num_gpus)  # fmt: skip
+        plan.run.update_stage(sp.id, status="complete", **m)
+        return m
+
+
 def select_input(plan: Plan, sp: StagePlan) -> tuple:
     """The live, done and todo uids, the batch (todo sorted), the samples selected before, and the
-    ordered ``(uid, prior)`` rows with an image vector of the chosen model (the local stage's input)."""
+    ordered ``(uid, prior)`` rows with an image vector of the chosen model (the local stage's input).
+    Raises :class:`NothingToDo` when every live sample is done."""
     from loupe.pipeline.executors.ray_semdedup import ordered_input
     from loupe.pipeline.vectors import kept_before
 
@@ -173,6 +195,8 @@ def select_input(plan: Plan, sp: StagePlan) -> tuple:
     live = run.live_uids()
     done = run.done_uids(sp.id, sp.table)
     todo = live - done
+    if not todo:
+        raise NothingToDo(len(live & done))
     batch = sorted(todo)
     earlier = kept_before(plan.context(sp.id), sp.table, batch)
     rows, model = ordered_input(run, earlier, batch, sp.id)
@@ -233,8 +257,9 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
         ),
         stage=prefix,
     )  # fmt: skip
+    n_missing = drop_missing(run, sp, batch, rows)  # before the groups: their last commit ends the stage
     tot = run_groups(sp, groups, (files, st, run, sp.id, sp.cls.name, opts))
-    n_drops = tot["drops"] + drop_missing(run, sp, batch, rows)
+    n_drops = tot["drops"] + n_missing
     _drop_scratch(run, scratch, sp.id)
     m = stage_metrics(
         len(todo), tot["rows"], n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",

@@ -390,6 +390,9 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
         ),
         stage=prefix,
     )
+    missing = sorted(set(batch) - set(rows["uid"].to_pylist()) - done)
+    if missing:  # samples without a vector are covered (kept, no row), as the local stage does; committed
+        run.commit(sp.id, "dedup", None, None, missing)  # before the groups: their last commit ends the batch
     done_ref = ray.put(pa.array(sorted(done & set(batch)), pa.string()))
     args = (s.st, run, sp.id, sp.cls.name, eps_all.index(eps), eps, offset, done_ref)
     n_rows = n_drops = 0
@@ -397,9 +400,6 @@ def _semdedup_batch(plan: Plan, sp: StagePlan, s: Scratch, done: set[str]) -> di
         for _, (r, d) in it:
             n_rows, n_drops = n_rows + r, n_drops + d
             checkpoint("group_committed", stage=sp.id)
-    missing = sorted(set(batch) - set(rows["uid"].to_pylist()) - done)
-    if missing:  # samples without a vector are covered (kept, no row), as the local stage does
-        run.commit(sp.id, "dedup", None, None, missing)
     s.remove()
     return {
         "rows": n_rows,
@@ -539,8 +539,9 @@ def run_select(plan: Plan, sp: StagePlan) -> dict | None:
     groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
     opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model}
     args = (files, st, run, sp.id, sp.cls.name, opts)
+    n_missing = drop_missing(run, sp, batch, rows)  # before the groups: their last commit ends the stage
     tot = run_groups(sp, groups, args)
-    n_drops = tot["drops"] + drop_missing(run, sp, batch, rows)
+    n_drops = tot["drops"] + n_missing
     _drop_scratch(run, scratch, sp.id)
     res = sp.config.resources
     m = stage_metrics(
@@ -558,5 +559,11 @@ def run_vector_stage(plan: Plan, sp: StagePlan) -> dict | None:
     if sp.cls.name == "semdedup":
         return run_semdedup(plan, sp)
     if sp.cls.name == "select":
-        return run_select(plan, sp)
+        from loupe.pipeline.executors.ray_select import NothingToDo
+
+        t0 = time.time()
+        try:
+            return run_select(plan, sp)
+        except NothingToDo as e:  # killed after its last commit, before it was marked complete
+            return e.finish(plan, sp, t0)
     return None

@@ -44,13 +44,13 @@ stages:
 """
 
 
-def _plan(root: Path, out: Path) -> Plan:
+def _plan(root: Path, out: Path, recipe: str = RECIPE) -> Plan:
     """The plan; on first use N synthetic samples (distinct flat PNGs: no exact copies, never merged
     by pHash) with image vectors around 4 topics and 20 near-copies (SemDeDup drops some)."""
     (root / "images").mkdir(exist_ok=True)
     if not (root / "images" / "red.png").exists():
         Image.new("RGB", (32, 24), (200, 30, 30)).save(root / "images" / "red.png")
-    (root / "r.yaml").write_text(RECIPE)
+    (root / "r.yaml").write_text(recipe)
     plan = make_plan(load_recipe(root / "r.yaml"), str(out))
     if plan.run.shard_files("samples"):
         return plan
@@ -150,6 +150,26 @@ def test_local_rerun_of_a_stage_killed_before_marked_complete_does_nothing(tmp_p
     out = tmp_path / "local"
     run_local(_plan(tmp_path, out), quiet=True)
     _check_reruns(tmp_path, out, lambda plan: run_local(plan, quiet=True))
+
+
+@pytest.mark.parametrize("clusters", ["semdedup", "kmeans"])
+def test_ray_select_with_nothing_left_marks_itself_complete_without_ray_work(tmp_path, clusters):
+    """The reported crash (RecipeError "no image embeddings for the 0 live samples"), for both of
+    select's Ray paths; nothing reaches the cluster, so no Ray instance is started."""
+    from loupe.pipeline.executors.ray_semdedup import run_vector_stage
+
+    recipe = RECIPE.replace("clusters: semdedup", f"clusters: {clusters}, n_clusters: 3")
+    plan = _plan(tmp_path, tmp_path / "run", recipe)
+    run_local(plan, quiet=True)
+    before = _state(plan.run)
+    done = len(plan.run.live_uids())
+    _unmark(plan.run, "select")
+    _leave_ray_scratch(plan.run, "select")
+    sp = next(s for s in plan.stages if s.id == "select")
+    m = run_vector_stage(plan, sp)
+    assert (m["rows_in"], m["rows_out"], m["drops"], m["skipped_done"]) == (0, 0, 0, done)
+    assert m["executor"] == "ray" and plan.run.manifest()["stages"]["select"]["status"] == "complete"
+    assert _state(plan.run) == before and not (plan.run.path / "_scratch").exists()
 
 
 @pytest.mark.ray

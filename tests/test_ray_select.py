@@ -123,3 +123,28 @@ def test_select_kmeans_clip_score_and_semdedup_random_on_ray_equal_local(tmp_pat
                     assert m[sid].get(k) == local_m[sid].get(k), (name, sid, k)
             for table in ("dedup", "drops", "clusters"):
                 assert _rows(plan.run, table) == _rows(local_run, table), (name, table)
+
+        # select's own k-means killed after its first group committed: the rerun finishes the killed
+        # batch (same uids, same clusters) instead of re-clustering the rest: the local rows again
+        from loupe.pipeline.executors import ray_semdedup
+
+        class Killed(Exception):
+            pass
+
+        def kill(ev: str, **info) -> None:
+            if ev == "group_committed" and info.get("stage") == "select":
+                raise Killed("killed after a group's commit")
+
+        plan = _plan(RECIPES["kmeans_clip"], tmp_path / "ray-killed")
+        monkeypatch.setattr(ray_semdedup, "checkpoint", kill)
+        with pytest.raises(Killed):
+            run_ray(plan, quiet=True)
+        monkeypatch.setattr(ray_semdedup, "checkpoint", lambda *a, **k: None)
+        assert 0 < len(plan.run.done_uids("select", "dedup")) < N
+        m = run_ray(
+            make_plan(load_recipe(tmp_path / "ray-killed.yaml"), str(tmp_path / "ray-killed")), quiet=True
+        )
+        assert 0 < m["select"]["rows_in"] < N and m["select"]["clusters"] == 5
+        for table in ("dedup", "drops", "clusters"):
+            assert _rows(plan.run, table) == _rows(locals_["kmeans_clip"][1], table), ("killed", table)
+        assert not (plan.run.path / "_scratch").exists()

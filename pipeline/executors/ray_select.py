@@ -101,6 +101,16 @@ def select_group(
     keep = select_per_cluster(cl[rows], score, uids, cfg["per_cluster"], prior)
     off = cfg.get("offset", 0)
     j = np.flatnonzero(~prior)  # rows are written for this run's samples only
+    if cfg.get("done") is not None:  # a resumed batch: the killed run committed these (whole groups)
+        import ray
+
+        done = cfg["done"]
+        done = ray.get(done) if isinstance(done, ray.ObjectRef) else done
+        j = j[
+            ~pc.is_in(pa.array([uids[i] for i in j], pa.string()), value_set=done).to_numpy(
+                zero_copy_only=False
+            )
+        ]
     out = {"rows": 0, "drops": 0, "selected": 0, "peak_rss_mb": 0.0}
     if len(j):
         cluster = cl[rows][j] + off
@@ -215,11 +225,14 @@ def _with_role(batch: pa.Table, n_prior: int) -> pa.Table:
 
 def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
     """``select`` with a k-means of its own on Ray (see the module docstring); the stage's metrics."""
+    import ray
+
     from loupe.pipeline.executors.ray_semdedup import (
+        Scratch,
         _cluster_offset,
-        _drop_scratch,
+        _start,
         checkpoint,
-        scratch_dir,
+        ordered_input,
         vector_dataset,
     )
 
@@ -227,6 +240,23 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
     run = plan.run
     t0 = time.time()
     live, done, todo, batch, earlier, rows, model = select_input(plan, sp)
+    # A killed run's batch is finished with its own uids (the groups it committed included), so the
+    # k-means and the quotas are those of the uninterrupted run: re-clustering only the rest would
+    # change the clusters and write a second set of ``clusters`` rows.
+    s = None
+    todo_arr = pa.array(sorted(todo), pa.string())
+    for x in Scratch.inflight(run, sp.id):
+        ordered = x.batch()
+        # resumed only when nothing new arrived since (else the whole todo is clustered afresh)
+        if s is None and pc.all(pc.is_in(todo_arr, value_set=ordered["uid"])).as_py():
+            s = x
+            earlier = ordered["uid"].filter(ordered["prior"]).to_pylist()
+            batch = ordered["uid"].filter(pc.invert(ordered["prior"])).to_pylist()
+            rows, model = ordered_input(run, earlier, batch, sp.id)
+        else:
+            x.remove()
+    s = s or _start(run, sp.id, batch, earlier)
+    done_here = sorted(done & set(batch))  # committed by the killed run: not committed again
     n = rows.num_rows
     n_prior = int(pc.sum(rows["prior"].cast(pa.int64())).as_py() or 0)
     check_text(run, sp.id, cfg.score, model)
@@ -237,16 +267,16 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
                               res.num_cpus, res.num_gpus)  # fmt: skip
     t1 = time.time()
     ds = ds.map_batches(_with_role, fn_kwargs={"n_prior": n_prior}, batch_format="pyarrow")
-    scratch = scratch_dir(run, sp.id)
-    st = run.storage.child(scratch)
-    st.delete_dir("assign")  # a killed run's spill: select keeps no state across runs
+    st = s.st
+    st.delete_dir("assign")  # a killed run's spill is redone (the same centroids: the same spill)
     nearest: dict[int, tuple[float, int, str]] = {}
     files, sizes = sr.spill_by_cluster(ds, st, "assign", len(cent), centroids=cent, nearest=nearest)
     checkpoint("assigned", stage=sp.id)
     groups = sr.cluster_groups(sizes, sr.group_rows(sizes))
     prefix = f"{sp.id}-{batch_digest(batch)}"
     offset = _cluster_offset(run, sp.id, prefix)
-    opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model, "offset": offset}
+    opts = {"score": cfg.score, "per_cluster": cfg.per_cluster, "model": model, "offset": offset,
+            "done": ray.put(pa.array(done_here, pa.string())) if done_here else None}  # fmt: skip
     # the clusters rows first, as the local stage writes them before its rows are committed
     run.write_table(
         "clusters",
@@ -257,10 +287,11 @@ def run_select_kmeans(plan: Plan, sp: StagePlan) -> dict:
         ),
         stage=prefix,
     )  # fmt: skip
-    n_missing = drop_missing(run, sp, batch, rows)  # before the groups: their last commit ends the stage
+    # before the groups: their last commit ends the stage
+    n_missing = drop_missing(run, sp, [u for u in batch if u not in done], rows)
     tot = run_groups(sp, groups, (files, st, run, sp.id, sp.cls.name, opts))
     n_drops = tot["drops"] + n_missing
-    _drop_scratch(run, scratch, sp.id)
+    s.remove()
     m = stage_metrics(
         len(todo), tot["rows"], n_drops, time.time() - t0, len(done & live), table=sp.table, executor="ray",
         num_cpus=res.num_cpus, num_gpus=res.num_gpus, selected=tot["selected"], clusters=len(cent),
